@@ -1,0 +1,34 @@
+# dery: Deep Model Reassembly as a Snakemake workflow. This file only includes the rules;
+# helpers and config validation live in workflow/rules/common.smk.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params/default.yaml"
+
+
+include: "workflow/rules/common.smk"
+wildcard_constraints:
+    model="[A-Za-z0-9_-]+",
+    a="[A-Za-z0-9_-]+",
+    b="[A-Za-z0-9_-]+",
+    budget="[A-Za-z0-9_-]+",
+    rank="[0-9]+",
+    protocol="FZ|FT",
+
+
+include: "workflow/rules/zoo.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/partition.smk"
+include: "workflow/rules/reassembly.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/summary.smk"
+
+
+rule all:
+    input:
+        "results/summary.md",
+        "results/summary.csv",
+        "results/metrics.json",
+    default_target: True

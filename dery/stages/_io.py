@@ -1,0 +1,79 @@
+"""Plumbing shared by the stage entry points: logging, JSON/npz I/O, images, model loading.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import data as D
+
+log = logging.getLogger("dery")
+TARGET_POOL = 20_000  # the first 20k of the seeded permutation hold the target splits; sources draw from the rest
+NUM_CLASSES = 10
+
+
+@contextlib.contextmanager
+def logged(path: str | os.PathLike | None, threads: int = 1):
+    """Send logging and stderr (progress bars) to the rule's log file; pin torch's threads."""
+    torch.set_num_threads(max(1, threads))
+    if path is None:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        handler = logging.StreamHandler(fh)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(logging.INFO)
+        old = sys.stderr
+        sys.stderr = fh
+        try:
+            yield
+        finally:
+            sys.stderr = old
+            logging.getLogger().removeHandler(handler)
+
+
+def _json(path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _save_npz(path, **arrays) -> None:
+    tmp = Path(str(path) + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _images(split: dict, which: str, dataset: D.FashionMNIST | None = None, limit: int | None = None):
+    ds = dataset or D.load_fashion_mnist(split["data_dir"])
+    if which == "test":
+        x, y = ds.test_x, ds.test_y
+    else:
+        idx = np.asarray(split[which][:limit] if limit else split[which])
+        x, y = ds.train_x[idx], ds.train_y[idx]
+    return D.to_images(x), torch.as_tensor(y)
+
+
+def _feats(npz: str) -> list[np.ndarray]:
+    with np.load(npz) as z:
+        return [z[k] for k in sorted(z.files)]
+
+
+def _infos(model_ids, ckpt_dir: str, feat_dir: str, with_feats: bool = True) -> dict:
+    """Zoo models with their dissection (``stitching.ModelInfo``), keyed by model id."""
+    from .. import stitching as ST  # imports timm: only the stages that build networks pay for it
+
+    return {m: ST.load_model_info(Path(ckpt_dir) / f"{m}.safetensors", Path(feat_dir) / f"{m}.json",
+                                  Path(feat_dir) / f"{m}.npz" if with_feats else None) for m in model_ids}
+
+
+def spec_seed(seed: int, spec_id: str) -> int:
+    return (seed * 1_000_003 + int.from_bytes(spec_id.encode(), "little")) % (2**31)

@@ -1,0 +1,36 @@
+"""Split the data: target train/val and each source's pretraining images."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import data as D
+from .. import zoo as Z
+from ._io import TARGET_POOL
+
+
+def split_data(out: str, data_cfg: dict, sources: dict, per_source: int, val_fraction: float, target: dict,
+               seed: int) -> None:
+    folder = D.find_fashion_mnist(data_cfg.get("root"), data_cfg.get("download_dir"))
+    ds = D.load_fashion_mnist(folder)
+    need = target["train_images"] + target["val_images"]
+    if need > TARGET_POOL:
+        raise D.DataError(f"target train + val = {need} images exceeds the {TARGET_POOL}-image target pool; lower them.")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ds.train_y))
+    pool, rest = order[:TARGET_POOL], order[TARGET_POOL:]
+    split: dict[str, Any] = {"data_dir": str(Path(folder).resolve()),
+                             "target_train": pool[: target["train_images"]].tolist(),
+                             "target_val": pool[target["train_images"]: need].tolist()}
+    for name, classes in sources.items():
+        mine = rest[np.isin(ds.train_y[rest], classes)]
+        if len(mine) < per_source:
+            raise D.DataError(f"source {name!r} (classes {classes}) has {len(mine)} images; "
+                              f"`zoo_training.images_per_source` = {per_source} is more; lower it.")
+        n_val = max(1, int(round(per_source * val_fraction)))
+        split[f"source_{name}_train"] = mine[: per_source - n_val].tolist()
+        split[f"source_{name}_val"] = mine[per_source - n_val: per_source].tolist()
+        split[f"source_{name}_classes"] = list(classes)
+    Z.write_json(out, split)

@@ -1,0 +1,88 @@
+"""Fine-tune assemblies (FZ/FT) and the baselines (zoo models, from scratch); test once."""
+from __future__ import annotations
+
+import torch
+
+from .. import data as D
+from .. import reassembly as R
+from .. import stitching as ST
+from .. import tracking as T
+from .. import training as TR
+from .. import zoo as Z
+from ._io import NUM_CLASSES, _images, _infos, _json, spec_seed
+
+
+def _train_eval(model, split: dict, cfg: dict, seed: int, frozen, name: str):
+    ds = D.load_fashion_mnist(split["data_dir"])
+    tx, ty = _images(split, "target_train", ds)
+    vx, vy = _images(split, "target_val", ds)
+    hist = TR.fit(model, tx, ty, vx, vy, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                  weight_decay=cfg["weight_decay"], label_smoothing=cfg["label_smoothing"],
+                  warmup_epochs=cfg["warmup_epochs"], seed=seed, frozen=frozen, name=name, progress=True)
+    test_x, test_y = D.to_images(ds.test_x[: cfg["test_images"]]), torch.as_tensor(ds.test_y[: cfg["test_images"]])
+    return hist, TR.accuracy(model, test_x, test_y)
+
+
+def _finetune_record(key: str, tags: dict, cfg: dict, hist: TR.History, test_acc: float, extra: dict) -> dict:
+    return T.record(key, {"stage": "finetune", **tags}, cfg,
+                    {"test_acc": test_acc, "val_acc": hist.best_val, "best_epoch": hist.best_epoch,
+                     "trainable_params": hist.trainable_params, "seconds": hist.seconds,
+                     "images_per_second": hist.images_per_second, **extra},
+                    {"epoch_val_acc": [e["val_acc"] for e in hist.epochs],
+                     "epoch_train_loss": [e["train_loss"] for e in hist.epochs]})
+
+
+def _blocks_text(c: dict) -> str:
+    return " > ".join(f"{b['model']}[{b['start']}-{b['end']}]" for b in c["blocks"])
+
+
+def finetune_candidate(ranking_json: str, rank: int, protocol: str, splits: str, ckpt_dir: str, feat_dir: str,
+                       cfg: dict, stem: str, init: str, seed: int, out_metrics: str, out_spec: str) -> None:
+    doc = _json(ranking_json)
+    budget = doc["budget"]["name"]
+    key = f"finetune/{budget}/rank{rank}/{protocol}"
+    if rank >= len(doc["candidates"]):  # fewer feasible assemblies than top_k: say so, train nothing
+        Z.write_json(out_spec, {"skipped": f"budget {budget} has only {len(doc['candidates'])} candidates"})
+        Z.write_json(out_metrics, {"skip": True, "key": key})
+        return
+    c = doc["candidates"][rank]
+    infos = _infos(sorted({b["model"] for b in c["blocks"]}), ckpt_dir, feat_dir)
+    asm, notes = ST.build(c, infos, NUM_CLASSES, stem, init, spec_seed(seed, c["id"]))
+    frozen = asm.pretrained_modules() if protocol == "FZ" else []
+    hist, acc = _train_eval(asm, _json(splits), cfg, seed, frozen, key)
+    Z.write_json(out_spec, {**c, "protocol": protocol, "test_acc": acc, "val_acc": hist.best_val, "stem": stem,
+                            "adapter_init": init})
+    Z.write_json(out_metrics, _finetune_record(key, {"kind": "assembly", "budget": budget, "protocol": protocol,
+                                                     "name": f"rank{rank}:{c['id']}", "blocks": _blocks_text(c)},
+                                               cfg, hist, acc, {"params": c["params"], "macs": c["macs"],
+                                                                "proxy_score": c["proxy_score"], "rank": rank}))
+
+
+def finetune_zoo(ckpt: str, splits: str, cfg: dict, seed: int, out_metrics: str) -> None:
+    model, meta = Z.load(ckpt)
+    torch.manual_seed(seed)
+    model.reset_classifier(NUM_CLASSES)
+    macs = R.count_macs(model, 3, D.IMAGE_SIZE, D.IMAGE_SIZE)
+    hist, acc = _train_eval(model, _json(splits), cfg, seed, [], f"zoo/{meta['id']}")
+    Z.write_json(out_metrics, _finetune_record(f"finetune/zoo/{meta['id']}/FT",
+                                               {"kind": "zoo", "budget": "zoo", "protocol": "FT", "name": meta["id"],
+                                                "blocks": f"{meta['arch']} ({meta['source']})"},
+                                               cfg, hist, acc, {"params": R.count_params(model), "macs": macs}))
+
+
+def finetune_scratch(ranking_json: str, splits: str, ckpt_dir: str, feat_dir: str, zoo_specs: dict, cfg: dict,
+                     stem: str, seed: int, out_metrics: str) -> None:
+    """The best-ranked assembly's architecture, every weight freshly initialised, trained the same way (FT)."""
+    doc = _json(ranking_json)
+    c = doc["candidates"][0]
+    budget = doc["budget"]["name"]
+    infos = _infos(sorted({b["model"] for b in c["blocks"]}), ckpt_dir, feat_dir, with_feats=False)
+    torch.manual_seed(spec_seed(seed + 1, c["id"]))
+    for m, info in infos.items():
+        info.model = Z.create(zoo_specs[m]["arch"], info.model.num_classes, zoo_specs[m].get("kwargs")).eval()
+    asm, _ = ST.build(c, infos, NUM_CLASSES, stem, "random", spec_seed(seed + 1, c["id"]))
+    hist, acc = _train_eval(asm, _json(splits), cfg, seed, [], f"scratch/{budget}")
+    Z.write_json(out_metrics, _finetune_record(f"finetune/{budget}/scratch/FT",
+                                               {"kind": "scratch", "budget": budget, "protocol": "FT",
+                                                "name": f"scratch:{c['id']}", "blocks": _blocks_text(c)},
+                                               cfg, hist, acc, {"params": c["params"], "macs": c["macs"]}))

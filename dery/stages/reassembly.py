@@ -1,0 +1,28 @@
+"""Block costs, and the feasible assemblies of one budget from SCIP."""
+from __future__ import annotations
+
+import time
+
+from .. import reassembly as R
+from .. import tracking as T
+from .. import zoo as Z
+from ._io import NUM_CLASSES, _infos, _json
+
+
+def block_costs(partition_json: str, ckpt_dir: str, feat_dir: str, stem: str, out: str) -> None:
+    part = _json(partition_json)
+    infos = _infos(sorted({b["model"] for b in part["blocks"]}), ckpt_dir, feat_dir, with_feats=False)
+    Z.write_json(out, R.compute_costs(part, infos, NUM_CLASSES, stem))
+
+
+def reassemble(costs_json: str, budget: dict, cfg: dict, seed: int, out: str, out_metrics: str) -> None:
+    inst = R.instance_from_costs(_json(costs_json))
+    t0 = time.perf_counter()
+    cands = R.enumerate_assemblies(inst, budget["params_m"] * 1e6, budget["macs_m"] * 1e6, cfg["max_candidates"],
+                                   cfg["forbid"], seed, budget["name"])
+    for i, c in enumerate(cands):
+        c["id"] = f"{budget['name']}-c{i:03d}"
+    Z.write_json(out, {"budget": budget, "candidates": cands})
+    Z.write_json(out_metrics, T.record(f"reassembly/{budget['name']}", {"stage": "reassembly", "budget": budget["name"]},
+                                       {"budget": budget, **cfg}, {"candidates": len(cands),
+                                                                   "seconds": time.perf_counter() - t0}))

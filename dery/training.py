@@ -1,0 +1,108 @@
+"""Pretraining and fine-tuning: AdamW, warm-up + cosine, label smoothing, seeded augmentation.
+
+Protocols (paper §4): FT trains every weight; FZ freezes the pretrained blocks (their
+BatchNorm statistics too: frozen modules stay in eval mode, where the authors' code let
+them drift) and trains stem, adapters and head. Model selection: the epoch with the best
+accuracy on the validation split carved from the target train set; the test set is only
+touched by ``accuracy`` on the final model, once.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .data import augment
+
+
+@dataclass
+class History:
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val: float = -1.0
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    trainable_params: int = 0
+
+
+class _Frozen:
+    """Keeps the given modules in eval mode while the rest of the model trains."""
+
+    def __init__(self, modules: list[nn.Module]):
+        self.modules = modules
+        for m in modules:
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def apply(self):
+        for m in self.modules:
+            m.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    model.eval()
+    correct = 0
+    for s in range(0, len(x), batch_size):
+        correct += (model(x[s: s + batch_size]).argmax(1) == y[s: s + batch_size]).sum().item()
+    return correct / len(x)
+
+
+def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, *,
+        epochs: int, batch_size: int, lr: float, weight_decay: float, label_smoothing: float, warmup_epochs: float,
+        seed: int, frozen: list[nn.Module] | None = None, name: str = "model", progress: bool = False) -> History:
+    """Train in place; on return the model holds the weights of its best validation epoch."""
+    from tqdm.auto import tqdm
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    freezer = _Frozen(frozen or [])
+    params = [p for p in model.parameters() if p.requires_grad]
+    hist = History(trainable_params=sum(p.numel() for p in params))
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    steps_per_epoch = math.ceil(len(train_x) / batch_size)
+    total, warm = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / max(1, warm) if s < warm else
+                                              0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    best_state = None
+    start = time.perf_counter()
+    seen = 0
+    for epoch in range(epochs):
+        model.train()
+        freezer.apply()
+        order = torch.randperm(len(train_x), generator=g)
+        running, count = 0.0, 0
+        for step in tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{epochs}", disable=not progress,
+                         mininterval=10):
+            idx = order[step * batch_size: (step + 1) * batch_size]
+            xb, yb = augment(train_x[idx], g), train_y[idx]
+            loss = loss_fn(model(xb), yb)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{name}: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                                         "lower the learning rate in your params file.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += loss.item() * len(idx)
+            count += len(idx)
+        seen += count
+        val = accuracy(model, val_x, val_y)
+        hist.epochs.append({"epoch": epoch + 1, "train_loss": running / count, "val_acc": val,
+                            "lr": opt.param_groups[0]["lr"]})
+        if val > hist.best_val:
+            hist.best_val, hist.best_epoch = val, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    hist.seconds = time.perf_counter() - start
+    hist.images_per_second = seen / max(hist.seconds, 1e-9)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return hist

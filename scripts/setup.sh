@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up dery on a fresh Debian/Ubuntu machine: Fashion-MNIST from Debian when it can be
+# installed, a virtual environment in .venv with dery and its pinned dependencies.
+# Idempotent: a second call only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else return 1; fi; }
+
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  echo "setup: installing Debian's dataset-fashion-mnist (else the workflow downloads it with torchvision)"
+  (as_root apt-get update -q && as_root apt-get install -y -q dataset-fashion-mnist) >/dev/null 2>&1 \
+    || echo "setup: could not install dataset-fashion-mnist; the first run will try torchvision's download"
+fi
+
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+if [ ! -x .venv/bin/python ]; then
+  if ! "$PY" -m venv .venv 2>/dev/null; then
+    echo "setup: python venv module missing; installing python3-venv"
+    as_root apt-get install -y -q python3-venv >/dev/null
+    rm -rf .venv && "$PY" -m venv .venv
+  fi
+fi
+if ! .venv/bin/python -c "import dery, snakemake, pyscipopt, mlflow, timm, pytest" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.dery-installed ]; then
+  echo "setup: installing dery and its dependencies into .venv (first time: several minutes, torch is large)"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import dery, snakemake, pyscipopt, mlflow, timm, pytest"
+  touch .venv/.dery-installed
+fi
+echo "setup: ready (.venv/bin/snakemake, .venv/bin/python)"

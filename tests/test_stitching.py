@@ -1,0 +1,56 @@
+"""Adapters for every family pair, least-squares initialisation, and whole assemblies."""
+import numpy as np
+import pytest
+import torch
+
+from dery.stitching import Assembly, FreshStem, Head, Port, Stitch
+
+PORTS = {
+    "cnn": (Port("NCHW", 16, (8, 8)), lambda b: torch.randn(b, 16, 8, 8)),
+    "vit": (Port("NLC", 24, (4, 4), prefix=1), lambda b: torch.randn(b, 17, 24)),
+    "swin": (Port("NHWC", 12, (2, 2)), lambda b: torch.randn(b, 2, 2, 12)),
+}
+DST = {"cnn": (Port("NCHW", 32, (4, 4)), (32, 4, 4)), "vit": (Port("NLC", 20, (8, 8)), (64, 20)),
+       "swin": (Port("NHWC", 8, (4, 4)), (4, 4, 8))}
+
+
+@pytest.mark.parametrize("src", PORTS)
+@pytest.mark.parametrize("dst", DST)
+def test_adapter_joins_every_family_pair(src, dst):
+    port, make = PORTS[src]
+    st = Stitch(port, DST[dst][0])
+    x = make(3).requires_grad_()
+    y = st(x)
+    assert tuple(y.shape[1:]) == DST[dst][1]
+    y.square().mean().backward()
+    assert x.grad is not None and st.proj.weight.grad is not None
+
+
+def test_spatial_matching_is_deterministic():
+    st = Stitch(Port("NCHW", 4, (8, 8)), Port("NCHW", 4, (2, 2)))
+    x = torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(st(x), st(x))
+
+
+def test_least_squares_init_recovers_a_linear_map():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 6))
+    w, b = rng.normal(size=(6, 5)), rng.normal(size=5)
+    st = Stitch(Port("NCHW", 6, (1, 1)), Port("NCHW", 5, (1, 1)))
+    r2 = st.init_least_squares(x, x @ w + b, ridge=1e-9)
+    assert r2 == pytest.approx(1.0, abs=1e-6)
+    out = st(torch.tensor(x, dtype=torch.float32).view(400, 6, 1, 1)).view(400, 5).detach().numpy()
+    np.testing.assert_allclose(out, x @ w + b, atol=1e-4)
+
+
+def test_assembly_cnn_then_tokens_trains_end_to_end():
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU())
+    vit_block = torch.nn.TransformerEncoderLayer(24, 2, 48, batch_first=True)
+    stem = FreshStem(Port("NCHW", 8, (8, 8)))
+    asm = Assembly(stem, [cnn, vit_block], [Stitch(Port("NCHW", 16, (8, 8)), Port("NLC", 24, (4, 4)))],
+                   Head(Port("NLC", 24, (4, 4)), 10))
+    logits = asm(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in asm.parameters() if p.requires_grad)

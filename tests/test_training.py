@@ -1,0 +1,57 @@
+"""Fine-tuning protocols: FZ leaves pretrained blocks untouched, FT trains them; both are seeded."""
+import torch
+from torch import nn
+
+from dery.training import accuracy, fit
+
+
+def toy(seed=0):
+    torch.manual_seed(seed)
+    block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+    return nn.Sequential(block, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)), block
+
+
+def data(n=40):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 32, 32, generator=g)
+    return x, (x.mean((1, 2, 3)) > 0).long()
+
+
+KW = dict(epochs=2, batch_size=8, lr=1e-2, weight_decay=0.0, label_smoothing=0.0, warmup_epochs=0.5, seed=3)
+
+
+def test_frozen_blocks_keep_weights_and_batchnorm_statistics():
+    model, block = toy()
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    x, y = data()
+    hist = fit(model, x, y, x[:10], y[:10], frozen=[block], **KW)
+    for k, v in block.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert hist.trainable_params == 4 * 2 + 2
+
+
+def test_full_tuning_changes_the_blocks():
+    model, block = toy()
+    before = block[0].weight.clone()
+    x, y = data()
+    fit(model, x, y, x[:10], y[:10], **KW)
+    assert not torch.equal(block[0].weight, before)
+
+
+def test_same_seed_same_weights_and_accuracy():
+    x, y = data()
+    runs = []
+    for _ in range(2):
+        model, _ = toy()
+        hist = fit(model, x, y, x[:10], y[:10], **KW)
+        runs.append((model[-1].weight.detach().clone(), hist.best_val, accuracy(model, x, y)))
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1:] == runs[1][1:]
+
+
+def test_non_finite_loss_stops_with_the_step():
+    import pytest
+
+    model, _ = toy()
+    x, y = data()
+    with pytest.raises(FloatingPointError, match="epoch 1, step 1"):
+        fit(model, x * float("nan"), y, x[:10], y[:10], **KW)

@@ -1,0 +1,111 @@
+"""The smoke params run end to end through Snakemake; re-runs touch only what a change affects."""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def snakemake(work: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=work, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def planned_jobs(work: Path, params_file: str) -> set[str]:
+    out = snakemake(work, "-n", "--cores", "1", "--configfile", params_file).stdout
+    if "Nothing to be done" in out:
+        return set()
+    table = out.split("Job stats:", 1)[1]
+    return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, re.M)} - {"total"}
+
+
+def variant(work: Path, name: str, change) -> str:
+    cfg = yaml.safe_load((work / "params" / "smoke.yaml").read_text())
+    change(cfg)
+    (work / "params" / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    return f"params/{name}.yaml"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    work = tmp_path_factory.mktemp("smoke")
+    for item in ("Snakefile", "workflow", "params", "dery"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    snakemake(work, "--cores", "2", "--configfile", "params/smoke.yaml")
+    return work
+
+
+def test_summary_answers_the_papers_question(smoke):
+    import pandas as pd
+
+    table = pd.read_csv(smoke / "results" / "summary.csv")
+    assert set(table["kind"]) == {"assembly", "zoo", "scratch"}
+    assemblies = table[table["kind"] == "assembly"]
+    assert len(assemblies) >= 1 and assemblies["FZ_test_acc"].between(0, 1).all() and assemblies["FT_test_acc"].notna().all()
+    assert len(table[table["kind"] == "zoo"]) == 3
+    assert (assemblies["params_M"] <= 3.0).all() and (assemblies["MACs_M"] <= 30).all(), "within the smoke budget"
+    md = (smoke / "results" / "summary.md").read_text()
+    assert "Equivalence sets" in md and "Kendall tau" in md
+
+
+def test_summary_is_read_back_from_mlflow(smoke):
+    from dery.tracking import runs, sqlite_uri
+
+    df = runs(sqlite_uri(smoke / "results" / "mlflow.db"), "smoke")
+    stages = set(df["tags.stage"])
+    assert {"pretrain", "partition", "reassembly", "proxy", "finetune"} <= stages
+    assert df["tags.dery.key"].is_unique
+
+
+def test_every_job_left_a_log_and_a_benchmark(smoke):
+    logs = list((smoke / "results" / "logs").rglob("*.log"))
+    bench = list((smoke / "results" / "benchmarks").rglob("*.tsv"))
+    assert len(logs) == len(bench) >= 20
+
+
+def test_a_second_run_has_nothing_to_do(smoke):
+    assert planned_jobs(smoke, "params/smoke.yaml") == set()
+
+
+def test_changing_a_budget_reruns_only_reassembly_and_what_follows(smoke):
+    f = variant(smoke, "budget", lambda c: c["reassembly"]["budgets"][0].update(params_m=2.5))
+    jobs = planned_jobs(smoke, f)
+    assert "reassembly_ilp" in jobs
+    assert jobs <= {"reassembly_ilp", "proxy_rank", "finetune_assembly", "finetune_scratch", "track", "summarise", "all"}
+
+
+def test_changing_k_reruns_partition_onward_but_not_features_or_similarity(smoke):
+    f = variant(smoke, "k", lambda c: c["partition"].update(K=3))
+    jobs = planned_jobs(smoke, f)
+    assert {"partition", "block_costs", "reassembly_ilp"} <= jobs
+    assert not jobs & {"split_data", "pretrain_zoo", "extract_features", "similarity", "finetune_zoo"}
+
+
+def test_changing_the_probe_size_reruns_features_onward_but_not_the_zoo(smoke):
+    f = variant(smoke, "probe", lambda c: c["features"].update(probe_images=100))
+    jobs = planned_jobs(smoke, f)
+    assert {"extract_features", "similarity", "partition"} <= jobs
+    assert not jobs & {"split_data", "pretrain_zoo", "finetune_zoo"}
+
+
+def test_editing_a_stage_module_reruns_that_stage(smoke):
+    module = smoke / "dery" / "partition.py"
+    module.write_text(module.read_text() + "\n# an edit\n")
+    jobs = planned_jobs(smoke, "params/smoke.yaml")
+    assert "partition" in jobs and "pretrain_zoo" not in jobs
+
+
+def test_lint_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--configfile", "params/smoke.yaml"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr

@@ -1,0 +1,72 @@
+rule finetune_assembly:
+    input:
+        ranking="results/proxy/{budget}/ranking.json",
+        splits="results/data/splits.json",
+        ckpts=expand("results/zoo/{model}.safetensors", model=MODELS),
+        feats=expand("results/features/{model}.npz", model=MODELS),
+        code=code("stages/finetune", "training", "stitching"),
+    output:
+        metrics="results/finetune/{budget}/rank{rank}_{protocol}.metrics.json",
+        spec="results/finetune/{budget}/rank{rank}_{protocol}.json",
+    params:
+        cfg=finetune_cfg(),
+        stem=config["reassembly"]["stem"],
+        init=config["stitching"]["init"],
+        seed=config["seed"],
+    threads: 1
+    resources:
+        mem_mb=3000,
+    log:
+        "results/logs/finetune/{budget}/rank{rank}_{protocol}.log",
+    benchmark:
+        "results/benchmarks/finetune/{budget}/rank{rank}_{protocol}.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/finetune_assembly.py"
+
+
+rule finetune_zoo:
+    input:
+        ckpt="results/zoo/{model}.safetensors",
+        splits="results/data/splits.json",
+        code=code("stages/finetune", "training"),
+    output:
+        metrics="results/finetune/zoo/{model}_FT.metrics.json",
+    params:
+        cfg=finetune_cfg(),
+        seed=config["seed"],
+    threads: 1
+    log:
+        "results/logs/finetune/zoo/{model}_FT.log",
+    benchmark:
+        "results/benchmarks/finetune/zoo/{model}_FT.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/finetune_zoo.py"
+
+
+rule finetune_scratch:
+    input:
+        ranking="results/proxy/{budget}/ranking.json",
+        splits="results/data/splits.json",
+        ckpts=expand("results/zoo/{model}.safetensors", model=MODELS),
+        metas=expand("results/features/{model}.json", model=MODELS),
+        code=code("stages/finetune", "training", "stitching"),
+    output:
+        metrics="results/finetune/{budget}/scratch_FT.metrics.json",
+    params:
+        cfg=finetune_cfg(),
+        zoo=ZOO,
+        stem=config["reassembly"]["stem"],
+        seed=config["seed"],
+    threads: 1
+    log:
+        "results/logs/finetune/{budget}/scratch_FT.log",
+    benchmark:
+        "results/benchmarks/finetune/{budget}/scratch_FT.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/finetune_scratch.py"

@@ -1,0 +1,39 @@
+rule partition:
+    input:
+        sims=expand("results/similarity/{pair}.npz", pair=PAIRS),
+        metas=expand("results/features/{model}.json", model=MODELS),
+        code=code("stages/partition", "partition"),
+    output:
+        sets="results/partition/equivalence_sets.json",
+        metrics="results/partition/equivalence_sets.metrics.json",
+    params:
+        cfg=config["partition"],
+        seed=config["seed"],
+    log:
+        "results/logs/partition.log",
+    benchmark:
+        "results/benchmarks/partition.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/partition.py"
+
+
+rule block_costs:
+    input:
+        sets="results/partition/equivalence_sets.json",
+        ckpts=expand("results/zoo/{model}.safetensors", model=MODELS),
+        metas=expand("results/features/{model}.json", model=MODELS),
+        code=code("stages/reassembly", "reassembly", "stitching"),
+    output:
+        "results/partition/block_costs.json",
+    params:
+        stem=config["reassembly"]["stem"],
+    log:
+        "results/logs/block_costs.log",
+    benchmark:
+        "results/benchmarks/block_costs.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/block_costs.py"

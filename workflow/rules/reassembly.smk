@@ -1,0 +1,45 @@
+rule reassembly_ilp:
+    input:
+        costs="results/partition/block_costs.json",
+        code=code("stages/reassembly", "reassembly"),
+    output:
+        candidates="results/reassembly/{budget}/candidates.json",
+        metrics="results/reassembly/{budget}/candidates.metrics.json",
+    params:
+        budget=lambda w: BUDGETS[w.budget],
+        cfg={k: config["reassembly"][k] for k in ("max_candidates", "forbid")},
+        seed=config["seed"],
+    log:
+        "results/logs/reassembly_ilp/{budget}.log",
+    benchmark:
+        "results/benchmarks/reassembly_ilp/{budget}.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/reassembly_ilp.py"
+
+
+rule proxy_rank:
+    input:
+        candidates="results/reassembly/{budget}/candidates.json",
+        splits="results/data/splits.json",
+        ckpts=expand("results/zoo/{model}.safetensors", model=MODELS),
+        feats=expand("results/features/{model}.npz", model=MODELS),
+        code=code("stages/proxy", "proxy", "stitching"),
+    output:
+        ranking="results/proxy/{budget}/ranking.json",
+        metrics="results/proxy/{budget}/ranking.metrics.json",
+    params:
+        cfg=config["proxy"],
+        stem=config["reassembly"]["stem"],
+        init=config["stitching"]["init"],
+        seed=config["seed"],
+    threads: 1
+    log:
+        "results/logs/proxy_rank/{budget}.log",
+    benchmark:
+        "results/benchmarks/proxy_rank/{budget}.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/proxy_rank.py"

@@ -1,0 +1,45 @@
+rule split_data:
+    input:
+        code=code("stages/data", "data"),
+    output:
+        "results/data/splits.json",
+    params:
+        data=config["data"],
+        sources=config["sources"],
+        per_source=config["zoo_training"]["images_per_source"],
+        val_fraction=config["zoo_training"]["val_fraction"],
+        target=config["target"],
+        seed=config["seed"],
+    log:
+        "results/logs/split_data.log",
+    benchmark:
+        "results/benchmarks/split_data.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/split_data.py"
+
+
+rule pretrain_zoo:
+    input:
+        splits="results/data/splits.json",
+        code=code("stages/zoo", "zoo", "training"),
+    output:
+        ckpt="results/zoo/{model}.safetensors",
+        meta="results/zoo/{model}.json",
+        metrics="results/zoo/{model}.metrics.json",
+    params:
+        spec=lambda w: ZOO[w.model],
+        train=config["zoo_training"],
+        seed=config["seed"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+    log:
+        "results/logs/pretrain_zoo/{model}.log",
+    benchmark:
+        "results/benchmarks/pretrain_zoo/{model}.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/pretrain_zoo.py"

@@ -1,0 +1,6 @@
+from dery.stages import logged
+from dery.stages.summary import summarise
+
+with logged(snakemake.log[0]):
+    o = snakemake.output
+    summarise(snakemake.input.ingested, snakemake.input.sets, o.md, o.csv, o.metrics)

@@ -1,0 +1,6 @@
+from dery.stages import logged
+from dery.stages.summary import track
+
+with logged(snakemake.log[0]):
+    p = snakemake.params
+    track(list(snakemake.input.metrics), p.uri, p.experiment, p.params_hash, snakemake.output[0])
