@@ -9,8 +9,10 @@ touched by ``accuracy`` on the final model, once.
 from __future__ import annotations
 
 import math
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -53,8 +55,15 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, *,
         epochs: int, batch_size: int, lr: float, weight_decay: float, label_smoothing: float, warmup_epochs: float,
-        seed: int, frozen: list[nn.Module] | None = None, name: str = "model", progress: bool = False) -> History:
-    """Train in place; on return the model holds the weights of its best validation epoch."""
+        seed: int, frozen: list[nn.Module] | None = None, name: str = "model", progress: bool = False,
+        resume: str | os.PathLike | None = None) -> History:
+    """Train in place; on return the model holds the weights of its best validation epoch.
+
+    With ``resume`` (a file path), the full training state (weights, optimiser, schedule, RNG,
+    history, best weights) is saved there atomically after every epoch, and a run that finds
+    the file continues from it: a killed job restarts from its last finished epoch and ends
+    with the same weights as an uninterrupted run. The file is removed when training ends.
+    """
     from tqdm.auto import tqdm
 
     g = torch.Generator().manual_seed(seed)
@@ -73,8 +82,18 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: t
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     best_state = None
     start = time.perf_counter()
-    seen = 0
-    for epoch in range(epochs):
+    seen, first_epoch = 0, 0
+    if resume is not None and Path(resume).exists():
+        state = load_state(resume)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        g.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        best_state = state["best"]
+        first_epoch = int(state["epoch"])
+        hist = History(**{**state["history"], "epochs": list(state["history"]["epochs"])})
+    for epoch in range(first_epoch, epochs):
         model.train()
         freezer.apply()
         order = torch.randperm(len(train_x), generator=g)
@@ -100,9 +119,31 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: t
         if val > hist.best_val:
             hist.best_val, hist.best_epoch = val, epoch + 1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if resume is not None and epoch + 1 < epochs:
+            save_state(resume, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                "scheduler": sched.state_dict(), "generator": g.get_state(),
+                                "torch_rng": torch.get_rng_state(), "best": best_state, "epoch": epoch + 1,
+                                "history": asdict(hist)})
+    if resume is not None:
+        Path(resume).unlink(missing_ok=True)
     hist.seconds = time.perf_counter() - start
     hist.images_per_second = seen / max(hist.seconds, 1e-9)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return hist
+
+
+def save_state(path: str | os.PathLike, state: dict) -> None:
+    tmp = Path(str(path) + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: str | os.PathLike) -> dict:
+    """Load a resume file without executing code (``weights_only=True``)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RuntimeError(f"resume file {path} is unreadable or unsafe ({type(exc).__name__}: {exc}); "
+                           "delete it to train from the start.") from exc

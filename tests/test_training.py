@@ -55,3 +55,52 @@ def test_non_finite_loss_stops_with_the_step():
     x, y = data()
     with pytest.raises(FloatingPointError, match="epoch 1, step 1"):
         fit(model, x * float("nan"), y, x[:10], y[:10], **KW)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import pytest
+
+    from dery import training
+
+    x, y = data()
+    ref, _ = toy()
+    fit(ref, x, y, x[:10], y[:10], **{**KW, "epochs": 3})
+
+    model, _ = toy()
+    resume = tmp_path / "job.resume.pt"
+    calls = {"n": 0}
+    real_accuracy = training.accuracy
+
+    def dying_accuracy(*a, **k):  # the job dies in its third epoch, after epoch 2 was saved
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_accuracy(*a, **k)
+
+    monkeypatch.setattr(training, "accuracy", dying_accuracy)
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, x, y, x[:10], y[:10], resume=resume, **{**KW, "epochs": 3})
+    assert resume.exists()
+    monkeypatch.setattr(training, "accuracy", real_accuracy)
+    fresh, _ = toy(seed=99)  # a new process: different initial weights, restored from the file
+    hist = fit(fresh, x, y, x[:10], y[:10], resume=resume, **{**KW, "epochs": 3})
+    assert not resume.exists() and len(hist.epochs) == 3
+    for a, b in zip(ref.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_resume_file_with_a_pickled_payload_is_refused(tmp_path):
+    import pickle
+
+    import pytest
+
+    from dery.training import load_state
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "evil.resume.pt"
+    bad.write_bytes(pickle.dumps({"model": Payload()}))
+    with pytest.raises(RuntimeError, match="unreadable or unsafe"):
+        load_state(bad)

@@ -12,13 +12,14 @@ from .. import zoo as Z
 from ._io import NUM_CLASSES, _images, _infos, _json, spec_seed
 
 
-def _train_eval(model, split: dict, cfg: dict, seed: int, frozen, name: str):
+def _train_eval(model, split: dict, cfg: dict, seed: int, frozen, name: str, resume: str):
     ds = D.load_fashion_mnist(split["data_dir"])
     tx, ty = _images(split, "target_train", ds)
     vx, vy = _images(split, "target_val", ds)
     hist = TR.fit(model, tx, ty, vx, vy, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                   weight_decay=cfg["weight_decay"], label_smoothing=cfg["label_smoothing"],
-                  warmup_epochs=cfg["warmup_epochs"], seed=seed, frozen=frozen, name=name, progress=True)
+                  warmup_epochs=cfg["warmup_epochs"], seed=seed, frozen=frozen, name=name, progress=True,
+                  resume=resume)
     test_x, test_y = D.to_images(ds.test_x[: cfg["test_images"]]), torch.as_tensor(ds.test_y[: cfg["test_images"]])
     return hist, TR.accuracy(model, test_x, test_y)
 
@@ -49,7 +50,7 @@ def finetune_candidate(ranking_json: str, rank: int, protocol: str, splits: str,
     infos = _infos(sorted({b["model"] for b in c["blocks"]}), ckpt_dir, feat_dir)
     asm, notes = ST.build(c, infos, NUM_CLASSES, stem, init, spec_seed(seed, c["id"]))
     frozen = asm.pretrained_modules() if protocol == "FZ" else []
-    hist, acc = _train_eval(asm, _json(splits), cfg, seed, frozen, key)
+    hist, acc = _train_eval(asm, _json(splits), cfg, seed, frozen, key, out_metrics + ".resume.pt")
     Z.write_json(out_spec, {**c, "protocol": protocol, "test_acc": acc, "val_acc": hist.best_val, "stem": stem,
                             "adapter_init": init})
     Z.write_json(out_metrics, _finetune_record(key, {"kind": "assembly", "budget": budget, "protocol": protocol,
@@ -63,7 +64,7 @@ def finetune_zoo(ckpt: str, splits: str, cfg: dict, seed: int, out_metrics: str)
     torch.manual_seed(seed)
     model.reset_classifier(NUM_CLASSES)
     macs = R.count_macs(model, 3, D.IMAGE_SIZE, D.IMAGE_SIZE)
-    hist, acc = _train_eval(model, _json(splits), cfg, seed, [], f"zoo/{meta['id']}")
+    hist, acc = _train_eval(model, _json(splits), cfg, seed, [], f"zoo/{meta['id']}", out_metrics + ".resume.pt")
     Z.write_json(out_metrics, _finetune_record(f"finetune/zoo/{meta['id']}/FT",
                                                {"kind": "zoo", "budget": "zoo", "protocol": "FT", "name": meta["id"],
                                                 "blocks": f"{meta['arch']} ({meta['source']})"},
@@ -81,7 +82,7 @@ def finetune_scratch(ranking_json: str, splits: str, ckpt_dir: str, feat_dir: st
     for m, info in infos.items():
         info.model = Z.create(zoo_specs[m]["arch"], info.model.num_classes, zoo_specs[m].get("kwargs")).eval()
     asm, _ = ST.build(c, infos, NUM_CLASSES, stem, "random", spec_seed(seed + 1, c["id"]))
-    hist, acc = _train_eval(asm, _json(splits), cfg, seed, [], f"scratch/{budget}")
+    hist, acc = _train_eval(asm, _json(splits), cfg, seed, [], f"scratch/{budget}", out_metrics + ".resume.pt")
     Z.write_json(out_metrics, _finetune_record(f"finetune/{budget}/scratch/FT",
                                                {"kind": "scratch", "budget": budget, "protocol": "FT",
                                                 "name": f"scratch:{c['id']}", "blocks": _blocks_text(c)},

@@ -26,7 +26,7 @@ def pretrain(spec: dict, splits: str, train_cfg: dict, seed: int, out_ckpt: str,
         hist = TR.fit(model, tx, remap[ty], vx, remap[vy], epochs=train_cfg["epochs"], batch_size=train_cfg["batch_size"],
                       lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"],
                       label_smoothing=train_cfg["label_smoothing"], warmup_epochs=train_cfg["warmup_epochs"],
-                      seed=seed, name=spec["id"], progress=True)
+                      seed=seed, name=spec["id"], progress=True, resume=out_ckpt + ".resume.pt")
     val_acc = TR.accuracy(model, vx, remap[vy])
     meta = {"id": spec["id"], "arch": spec["arch"], "kwargs": spec.get("kwargs") or {}, "num_classes": len(classes),
             "source": spec["source"], "classes": classes, "val_acc": val_acc, "license": spec.get("license", ""),
