@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "params/default.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 wildcard_constraints:
     model="[A-Za-z0-9_-]+",
@@ -24,6 +27,9 @@ include: "workflow/rules/partition.smk"
 include: "workflow/rules/reassembly.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/summary.smk"
+include: "workflow/rules/registry.smk"
+include: "workflow/rules/report.smk"
+include: "workflow/rules/claims.smk"
 
 
 rule all:
@@ -31,4 +37,6 @@ rule all:
         "results/summary.md",
         "results/summary.csv",
         "results/metrics.json",
+        "results/registry/models.json",
+        REPORT_FIGURES,
     default_target: True

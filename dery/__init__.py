@@ -13,6 +13,24 @@ One module per stage of the method; none of them imports Snakemake:
 - ``training``    pretraining and fine-tuning (FZ / FT)
 - ``evaluation``  accuracy, rank correlation, the summary table
 - ``tracking``    MLflow ingestion and read-back
+- ``artifacts``   fine-tuned assemblies as safetensors + versioned spec + model card; ONNX, TorchScript
 """
 
 __version__ = "0.1.0"
+
+
+def load_assembly(path):
+    """A fine-tuned assembly (spec .json, its .safetensors, or a budget folder) as an eval-mode ``nn.Module``.
+
+    See ``dery.artifacts.load_assembly``; imported lazily so ``import dery`` stays light.
+    """
+    from .artifacts import load_assembly as _load
+
+    return _load(path)
+
+
+def preprocess(images, spec=None):
+    """Raw images (file, PIL image, uint8 pixels) -> the input tensor an assembly takes; see ``dery.artifacts``."""
+    from .artifacts import preprocess as _preprocess
+
+    return _preprocess(images, spec)

@@ -22,6 +22,7 @@ FILES = {
 }
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST train-set pixel statistics
 IMAGE_SIZE = 32
+TARGET_POOL = 20_000  # the first 20k of the seeded permutation hold the target splits; sources draw from the rest
 
 
 class DataError(RuntimeError):
@@ -93,6 +94,12 @@ def load_fashion_mnist(folder: str | os.PathLike) -> FashionMNIST:
                         arrays["test_x"], arrays["test_y"].astype(np.int64))
 
 
+def load_labels(folder: str | os.PathLike) -> np.ndarray:
+    """The 60k training labels alone (60 kB): enough for pre-flight checks of the splits."""
+    folder = Path(folder)
+    return _read_idx(_locate(folder, FILES["train_y"]) or folder / FILES["train_y"]).astype(np.int64)
+
+
 def to_images(x: np.ndarray) -> torch.Tensor:
     """uint8 [N, 28, 28] -> normalised float32 [N, 3, 32, 32]."""
     t = torch.from_numpy(np.array(x, copy=True)).float().div_(255.0)
@@ -114,31 +121,3 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     flip = torch.rand(n, generator=generator) < 0.5
     out[flip] = out[flip].flip(-1)
     return out
-
-
-def make_splits(train_y: np.ndarray, sources: dict[str, list[int]], per_source: int,
-                target_train: int, target_val: int, probe: int, seed: int) -> dict[str, list[int]]:
-    """Disjoint index sets into the 60k training images.
-
-    The target train/val pool is drawn first, over all classes; each source's pretraining
-    set is drawn from the rest, restricted to its classes; the probe images (features,
-    similarity, proxy, stitch initialisation) are a subset of the target train split.
-    """
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(train_y))
-    target = order[: target_train + target_val]
-    rest = order[target_train + target_val:]
-    if probe > target_train:
-        raise DataError(f"probe size {probe} is larger than the target train split ({target_train}); "
-                        "lower `features.probe_images` or raise `target.train_images`.")
-    splits = {"target_train": target[:target_train].tolist(), "target_val": target[target_train:].tolist(),
-              "probe": target[:probe].tolist()}
-    for name, classes in sources.items():
-        pool = rest[np.isin(train_y[rest], classes)]
-        if len(pool) == 0:
-            raise DataError(f"source {name!r} has no images: its classes {classes} are not in 0..9.")
-        if len(pool) < per_source:
-            raise DataError(f"source {name!r} has {len(pool)} images, fewer than `zoo_training.images_per_source`"
-                            f" = {per_source}; lower it.")
-        splits[f"source_{name}"] = pool[:per_source].tolist()
-    return splits

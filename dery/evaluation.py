@@ -1,11 +1,21 @@
-"""The summary: one row per fine-tuned network, read back from MLflow, and the proxy's rank correlation."""
+"""The result tables, built from MLflow runs: one row per fine-tuned network, the proxy's rank
+correlation, the equivalence sets; rendered as the paper's per-budget tables (Markdown) and CSV.
+
+Everything here takes the DataFrame of ``tracking.runs`` (latest run per key), so the tables are
+the same whether the store is the local SQLite file or an ``mlflow server``.
+"""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+KIND_ORDER = {"assembly": 0, "scratch": 1, "zoo": 2}
+UNITS_NOTE = ("MACs count one multiply-accumulate as 1 (what DeRy and mmcv report as \"FLOPs\"; measured as "
+              "torch.utils.flop_counter FLOPs / 2 at 32x32 input); FLOPs = 2 x MACs.")
 
 
 def kendall_tau(x: list[float], y: list[float]) -> float:
@@ -14,12 +24,18 @@ def kendall_tau(x: list[float], y: list[float]) -> float:
     return float(stats.kendalltau(x, y).statistic)
 
 
+def _column(df: pd.DataFrame, name: str) -> pd.Series:
+    return df[name] if name in df else pd.Series([np.nan] * len(df), index=df.index, dtype=object)
+
+
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """Rows: every assembly (FZ and FT accuracy side by side), zoo model and from-scratch network."""
+    if "tags.stage" not in df:
+        return pd.DataFrame()
     ft = df[df["tags.stage"] == "finetune"].copy()
     if ft.empty:
         return pd.DataFrame()
-    col = lambda name: ft[name] if name in ft else pd.Series([np.nan] * len(ft), index=ft.index)  # noqa: E731
+    col = lambda name: _column(ft, name)  # noqa: E731
     ft = ft.assign(kind=col("tags.kind"), budget=col("tags.budget"), name=col("tags.name"),
                    protocol=col("tags.protocol"), blocks=col("tags.blocks"),
                    params_M=col("metrics.params") / 1e6, MACs_M=col("metrics.macs") / 1e6,
@@ -28,16 +44,48 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     wide = ft.pivot_table(index=["kind", "budget", "name"], columns="protocol", values=["test_acc", "val_acc"],
                           aggfunc="first")
     wide.columns = [f"{p}_{v}" for v, p in wide.columns]
+    for proto in ("FZ", "FT"):  # a column per protocol even when no run used it (the CSV keeps its shape)
+        for v in ("test_acc", "val_acc"):
+            if f"{proto}_{v}" not in wide:
+                wide[f"{proto}_{v}"] = np.nan
     meta = ft.groupby(["kind", "budget", "name"]).agg(blocks=("blocks", "first"), params_M=("params_M", "first"),
                                                       MACs_M=("MACs_M", "first"), proxy=("proxy", "first"))
     table = meta.join(wide).reset_index()
-    order = {"assembly": 0, "scratch": 1, "zoo": 2}
-    table["_k"] = table["kind"].map(order)
+    table["FLOPs_M"] = 2 * table["MACs_M"]
+    table["_k"] = table["kind"].map(KIND_ORDER)
     table = table.sort_values(["budget", "_k", "proxy", "params_M"], ascending=[True, True, False, True])
-    return table.drop(columns="_k").reset_index(drop=True)
+    cols = ["kind", "budget", "name", "blocks", "params_M", "MACs_M", "FLOPs_M", "proxy",
+            "FZ_test_acc", "FT_test_acc", "FZ_val_acc", "FT_val_acc"]
+    return table[cols].reset_index(drop=True)
+
+
+def budget_limits(df: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Each budget's limits (M params, M MACs), from the params of its reassembly run."""
+    if "tags.stage" not in df:
+        return {}
+    out = {}
+    for _, run in df[df["tags.stage"] == "reassembly"].iterrows():
+        out[str(run["tags.budget"])] = {"params_m": float(run.get("params.budget.params_m", np.nan)),
+                                        "macs_m": float(run.get("params.budget.macs_m", np.nan))}
+    return dict(sorted(out.items()))
+
+
+def equivalence_sets(df: pd.DataFrame) -> tuple[list[str], float]:
+    """The chosen sets (one line per set: its blocks) and the stage alignment, from the partition run."""
+    part = df[df["tags.stage"] == "partition"] if "tags.stage" in df else df.iloc[:0]
+    if part.empty:
+        return [], float("nan")
+    run = part.iloc[0]
+    prefix = "tags.set"
+    ids = sorted(int(c[len(prefix):]) for c in part.columns
+                 if c.startswith(prefix) and c[len(prefix):].isdigit() and isinstance(run[c], str))
+    return [run[f"{prefix}{j}"] for j in ids], float(run.get("metrics.stage_alignment", np.nan))
 
 
 def proxy_correlation(table: pd.DataFrame) -> dict[str, float]:
+    """Kendall tau between the proxy score and test accuracy of the fine-tuned assemblies, all budgets pooled."""
+    if table.empty:
+        return {}
     asm = table[table["kind"] == "assembly"]
     out = {}
     for proto in ("FZ", "FT"):
@@ -49,16 +97,106 @@ def proxy_correlation(table: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def to_markdown(table: pd.DataFrame, float_fmt: str = "{:.3f}") -> str:
+def proxy_correlation_by_budget(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    if table.empty:
+        return {}
+    return {str(b): proxy_correlation(g) for b, g in table[table["kind"] == "assembly"].groupby("budget")}
+
+
+def best_accuracy(table: pd.DataFrame) -> dict[str, float]:
+    """Best assembly test accuracy (FZ or FT) per budget."""
+    if table.empty:
+        return {}
+    asm = table[table["kind"] == "assembly"]
+    return {str(b): float(g[["FZ_test_acc", "FT_test_acc"]].max(axis=None)) for b, g in asm.groupby("budget")}
+
+
+def _fits(row: pd.Series, limits: dict[str, float]) -> str:
+    ok = row["params_M"] <= limits.get("params_m", np.inf) and row["MACs_M"] <= limits.get("macs_m", np.inf)
+    return "yes" if ok else "no"
+
+
+def paper_table(table: pd.DataFrame, budget: str, limits: dict[str, float] | None = None) -> pd.DataFrame:
+    """One budget as in the paper: its assemblies (by proxy rank), the from-scratch network, every zoo model."""
+    rows = table[(table["budget"] == budget) | (table["kind"] == "zoo")].copy()
+    limits = limits or {}
+    pct = lambda s: s * 100  # noqa: E731
+    return pd.DataFrame({
+        "network": rows["name"], "kind": rows["kind"], "blocks": rows["blocks"],
+        "params (M)": rows["params_M"], "MACs (M)": rows["MACs_M"], "FLOPs (M)": rows["FLOPs_M"],
+        "NASWOT": rows["proxy"], "FZ top-1 (%)": pct(rows["FZ_test_acc"]), "FT top-1 (%)": pct(rows["FT_test_acc"]),
+        "fits budget": [_fits(r, limits) for _, r in rows.iterrows()],
+    }).reset_index(drop=True)
+
+
+FORMATS = {"params (M)": "{:.3g}", "MACs (M)": "{:.3g}", "FLOPs (M)": "{:.3g}", "NASWOT": "{:.1f}",
+           "FZ top-1 (%)": "{:.1f}", "FT top-1 (%)": "{:.1f}"}
+
+
+def to_markdown(table: pd.DataFrame, float_fmt: str = "{:.3f}", formats: dict[str, str] | None = None) -> str:
+    formats = formats or {}
     cols = list(table.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in table.iterrows():
         cells = []
         for c in cols:
             v = row[c]
-            if isinstance(v, float):
-                cells.append("" if math.isnan(v) else float_fmt.format(v))
+            if isinstance(v, (float, np.floating)):
+                cells.append("" if math.isnan(v) else formats.get(c, float_fmt).format(v))
             else:
-                cells.append(str(v))
+                cells.append("" if v is None else str(v).replace("|", "/"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _tau_text(corr: dict[str, float]) -> str:
+    parts = []
+    for proto in ("FZ", "FT"):
+        if f"kendall_tau_{proto}" in corr:
+            tau = corr[f"kendall_tau_{proto}"]
+            n = corr[f"n_{proto}"]
+            parts.append(f"{proto} " + ("n/a (needs >= 3 distinct assemblies)" if math.isnan(tau) else f"{tau:+.3f}")
+                         + f" (n={n})")
+    return "; ".join(parts) if parts else "no fine-tuned assemblies"
+
+
+def results_markdown(df: pd.DataFrame, experiment: str, tracking_uri: str) -> str:
+    """The paper-style report of one experiment: per budget, every fine-tuned assembly and baseline;
+    the proxy's Kendall tau; the equivalence sets."""
+    table = summary_table(df)
+    if table.empty:
+        return f"# dery results: experiment `{experiment}`\n\nNo fine-tuning runs in {tracking_uri} yet.\n"
+    limits = budget_limits(df)
+    by_budget = proxy_correlation_by_budget(table)
+    sets, alignment = equivalence_sets(df)
+    md = [f"# dery results: experiment `{experiment}`", "",
+          f"Read back from MLflow ({tracking_uri}), latest run per key. Top-1 accuracy on the Fashion-MNIST test set "
+          "(touched once per network). Params include stem, adapters and head. " + UNITS_NOTE + " NASWOT = the "
+          "training-free proxy score that ranked the assemblies (higher first). FZ = pretrained blocks frozen, FT = all "
+          "weights trained; `scratch` = the best-ranked assembly's architecture from random initialisation; `zoo` = "
+          "each zoo model fine-tuned from its pretraining (FT); \"fits budget\" compares params and MACs with the "
+          "budget's limits.", ""]
+    for budget in sorted(b for b in table["budget"].unique() if b != "zoo"):
+        lim = limits.get(budget, {})
+        head = f"## Budget `{budget}`"
+        if lim:
+            head += f": params <= {lim['params_m']:g} M, MACs <= {lim['macs_m']:g} M"
+        md += [head, "", to_markdown(paper_table(table, budget, lim), formats=FORMATS), "",
+               f"Kendall tau (NASWOT vs top-1, fine-tuned assemblies): {_tau_text(by_budget.get(budget, {}))}", ""]
+    md += ["## Proxy rank correlation (Kendall tau, proxy score vs test accuracy, assemblies of all budgets)", "",
+           _tau_text(proxy_correlation(table)), "",
+           "## Equivalence sets" + ("" if math.isnan(alignment) else f" (stage alignment {alignment:.2f})"), ""]
+    md += [f"- set {j}: {s}" for j, s in enumerate(sets)] or ["(no partition run in this experiment)"]
+    return "\n".join(md) + "\n"
+
+
+def _finite(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def metrics_summary(df: pd.DataFrame) -> dict[str, Any]:
+    """The few numbers `dvc metrics diff` compares between commits (NaN written as null: strict JSON)."""
+    table = summary_table(df)
+    _, alignment = equivalence_sets(df)
+    return {"proxy": {k: _finite(v) for k, v in proxy_correlation(table).items()},
+            "stage_alignment": _finite(alignment), "best": best_accuracy(table)}

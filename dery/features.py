@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -157,14 +158,19 @@ def pool(t: torch.Tensor, fmt: str) -> torch.Tensor:
 
 
 class Segment(nn.Module):
-    """Nodes [start..end] of a model with the glue in between, as one runnable module."""
+    """Nodes [start..end] (0-based) of a model with their glue, as one runnable module.
+
+    The glue that runs before node ``start`` (e.g. a ConvNeXt/Swin downsampling layer) is part
+    of the segment, so its input is the output of node ``start - 1`` (or of the stem), the
+    block input the paper's similarity S(B, B') is measured on.
+    """
 
     def __init__(self, model: nn.Module, tr: Trace, start: int, end: int):
         super().__init__()
         mods = dict(model.named_modules())
         names: list[str] = []
-        for j in range(start, end + 1):
-            names += (tr.glue[j] if j > start else []) + [tr.nodes[j]]
+        for j in range(start, end + 1):  # glue before a node belongs to it: a block's input is the previous node's output
+            names += tr.glue[j] + [tr.nodes[j]]
         self.names = names
         self.body = nn.Sequential(*[copy.deepcopy(mods[n]) for n in names])
 
@@ -259,34 +265,77 @@ class NodeFeatures:
     in_shapes: list[tuple[int, ...]]
     out_shapes: list[tuple[int, ...]]
     fmt: list[str]
+    trace: Trace | None = None       # the dissection the features were taken with
 
 
-def extract(model: nn.Module, images: torch.Tensor, batch_size: int = 256, progress: bool = False) -> NodeFeatures:
-    """Run the probe images once; hooks pool every node's output on the fly (memory O(N x C))."""
+def _batch(images, start: int, stop: int, transform: Callable[[Any], torch.Tensor] | None) -> torch.Tensor:
+    chunk = images[start:stop]
+    return chunk if transform is None else transform(chunk)
+
+
+def extract(model: nn.Module, images, batch_size: int = 256, progress: bool = False,
+            transform: Callable[[Any], torch.Tensor] | None = None) -> NodeFeatures:
+    """Dissect the model (trace + ``verify_chain`` on the first images), then ``pooled_features``.
+
+    ``images``: a float tensor, or with ``transform`` any sliceable store of raw images (e.g. the
+    uint8 array) that ``transform`` turns into a float batch, one batch at a time.
+    """
     model.eval()
-    tr = trace(model, images[:2])
-    verify_chain(model, tr, images[:4])
+    head = _batch(images, 0, 4, transform)
+    tr = trace(model, head[:2])
+    verify_chain(model, tr, head)
+    return pooled_features(model, tr, images, batch_size, progress, transform)
+
+
+def pooled_features(model: nn.Module, tr: Trace, images, batch_size: int = 256, progress: bool = False,
+                    transform: Callable[[Any], torch.Tensor] | None = None) -> NodeFeatures:
+    """Run the probe images once; hooks pool every node's output on the fly into preallocated arrays.
+
+    Memory: one batch of input and activations, plus the pooled output itself (N x sum of C,
+    written in place: no list of chunks concatenated at the end, which held it twice).
+    """
+    model.eval()
     fmts = [token_format(model, s) for s in tr.out_shapes]
     stem_fmt = token_format(model, tr.in_shapes[0])
-    chunks: list[list[torch.Tensor]] = [[] for _ in range(len(tr.nodes) + 1)]
-    handles = [model.get_submodule(tr.nodes[0]).register_forward_pre_hook(
-        lambda m, i: chunks[0].append(pool(i[0], stem_fmt).float()))]
-    for j, n in enumerate(tr.nodes):
-        handles.append(model.get_submodule(n).register_forward_hook(
-            lambda m, i, o, j=j: chunks[j + 1].append(pool(o[0] if isinstance(o, (tuple, list)) else o, fmts[j]).float())))
+    n = len(images)
+    feats: list[np.ndarray | None] = [None] * (len(tr.nodes) + 1)
+    at = [0]  # first row of the running batch
+    broken: set[int] = set()  # checked per batch: a whole-array isfinite() would allocate N x C once more
+
+    def write(j: int, t: torch.Tensor, fmt: str) -> None:
+        p = pool(t, fmt).float()
+        if feats[j] is None:
+            feats[j] = np.empty((n, p.shape[1]), dtype=np.float32)
+        feats[j][at[0]: at[0] + p.shape[0]] = p.numpy()
+        if not bool(torch.isfinite(p).all()):
+            broken.add(j)
+
+    handles = [model.get_submodule(tr.nodes[0]).register_forward_pre_hook(lambda m, i: write(0, i[0], stem_fmt))]
+    for j, name in enumerate(tr.nodes):
+        handles.append(model.get_submodule(name).register_forward_hook(
+            lambda m, i, o, j=j: write(j + 1, o[0] if isinstance(o, (tuple, list)) else o, fmts[j])))
     try:
         from tqdm.auto import tqdm
 
         with torch.inference_mode():
-            for s in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress, mininterval=5):
-                model(images[s: s + batch_size])
+            for s in tqdm(range(0, n, batch_size), desc="features", disable=not progress, mininterval=5):
+                at[0] = s
+                model(_batch(images, s, s + batch_size, transform))
     finally:
         for h in handles:
             h.remove()
-    feats = [torch.cat(c).numpy() for c in chunks]
+    if n == 0:
+        raise ValueError("no probe images to extract features from")
     for j, f in enumerate(feats):
-        if not np.isfinite(f).all():
+        if f is None or j in broken:
             where = "stem" if j == 0 else tr.nodes[j - 1]
             raise FloatingPointError(f"non-finite features at node {where}; the checkpoint is probably broken.")
     return NodeFeatures(["<stem>"] + tr.nodes, feats, [tr.in_shapes[0]] + list(tr.in_shapes),
-                        [tr.in_shapes[0]] + list(tr.out_shapes), [stem_fmt] + fmts)
+                        [tr.in_shapes[0]] + list(tr.out_shapes), [stem_fmt] + fmts, tr)
+
+
+def describe(model: nn.Module, nf: NodeFeatures, tr: Trace) -> dict:
+    """The JSON-able dissection of a model that building assemblies needs (results/features/{model}.json)."""
+    return {"names": nf.names, "glue": tr.glue, "stem_modules": tr.stem_modules,
+            "in_shapes": [list(s) for s in nf.in_shapes], "out_shapes": [list(s) for s in nf.out_shapes],
+            "fmt": nf.fmt, "num_prefix_tokens": int(getattr(model, "num_prefix_tokens", 0) or 0)}

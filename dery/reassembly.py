@@ -199,7 +199,7 @@ def compute_costs(partition: dict[str, Any], infos: dict[str, Any], num_classes:
         src, dst = info.port_in(b["start"], 0), info.port_out(b["end"])
         blocks.append(dict(model=b["model"], stage=b["stage"], start=b["start"], end=b["end"], set=b["set"],
                            score=b["anchor_similarity"], params=count_params(seg),
-                           macs=count_macs(seg, *info.meta["in_shapes"][b["start"]]),
+                           macs=count_macs(seg, *info.meta["out_shapes"][b["start"] - 1]),
                            fmt_in=src.fmt, fmt_out=dst.fmt))
     stems, heads, pairs = {}, {}, {}
     for b in blocks:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import features as F
-from . import zoo
+from . import integrity, zoo
 
 
 @dataclass(frozen=True)
@@ -150,25 +150,38 @@ class ModelInfo:
     feats: dict[int, np.ndarray] | None = None
 
     def port_in(self, node: int, prefix: int | None = None) -> Port:
-        """Input layout of 1-based node ``node``."""
+        """Input layout of a block starting at 1-based node ``node``: the output of node - 1 (0 = stem)."""
         p = self.meta["num_prefix_tokens"] if prefix is None else prefix
-        return Port.of(self.meta["in_shapes"][node], self.meta["fmt"][node - 1] if node > 1 else self.meta["fmt"][0], p)
+        return Port.of(self.meta["out_shapes"][node - 1], self.meta["fmt"][node - 1], p)
 
     def port_out(self, node: int, prefix: int | None = None) -> Port:
         p = self.meta["num_prefix_tokens"] if prefix is None else prefix
         return Port.of(self.meta["out_shapes"][node], self.meta["fmt"][node], p)
 
 
+def model_info(model: nn.Module, meta: dict[str, Any], feats: dict[int, np.ndarray] | None = None) -> ModelInfo:
+    """A ModelInfo from an in-memory model and its dissection (the features stage's JSON, or an artifact spec's copy)."""
+    tr = F.Trace(meta["names"][1:], meta["glue"], [tuple(s) for s in meta["in_shapes"][1:]],
+                 [tuple(s) for s in meta["out_shapes"][1:]], meta["stem_modules"])
+    return ModelInfo(model, meta, tr, feats)
+
+
+def dissect(model: nn.Module, probe: torch.Tensor) -> ModelInfo:
+    """Dissect an in-memory model on probe images (what the features stage writes, without files)."""
+    nf = F.extract(model, probe, batch_size=len(probe))
+    tr = F.trace(model, probe[:2])
+    return ModelInfo(model, F.describe(model, nf, tr), tr, dict(enumerate(nf.feats)))
+
+
 def load_model_info(zoo_ckpt: str | Path, features_json: str | Path, features_npz: str | Path | None = None) -> ModelInfo:
     model, _ = zoo.load(zoo_ckpt)
     meta = json.loads(Path(features_json).read_text())
-    tr = F.Trace(meta["names"][1:], meta["glue"], [tuple(s) for s in meta["in_shapes"][1:]],
-                 [tuple(s) for s in meta["out_shapes"][1:]], meta["stem_modules"])
     feats = None
     if features_npz is not None:
+        integrity.verify(features_npz)
         with np.load(features_npz) as z:
             feats = {int(k[1:]): z[k] for k in z.files}
-    return ModelInfo(model, meta, tr, feats)
+    return model_info(model, meta, feats)
 
 
 def build(spec: dict[str, Any], infos: dict[str, ModelInfo], num_classes: int, stem: str = "own",

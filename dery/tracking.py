@@ -2,9 +2,10 @@
 
 Parallel Snakemake jobs therefore never write to the SQLite store at once (MLflow's SQLite
 backend raises "database is locked" and races its schema migration under concurrent first
-use). Each record becomes one run named by its key (e.g. ``finetune/small/cand0/FZ``) and
-tagged with the content hash of the record; ingesting the same record twice is a no-op, and
-readers keep the latest run per key.
+use). Each record becomes one run named by its key (``finetune/small/rank0/FZ`` is the run
+``finetune-small-rank0-FZ``) and tagged with the content hash of the record; ingesting a
+record whose latest run already holds the same content is a no-op, and readers keep the
+latest run per key, so re-running a stage never duplicates a row of the tables.
 """
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+DEFAULT_DB = "results/mlflow.db"
+URI_ENV = "DERY_TRACKING_URI"
+# MLflow's per-request limits (mlflow.utils.validation): a larger log_batch is refused by a server
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
 
 
 def record(key: str, tags: dict[str, Any], params: dict[str, Any], metrics: dict[str, float],
@@ -36,6 +43,25 @@ def git_commit(root: str | os.PathLike = ".") -> str:
         return "unknown"
 
 
+def resolve_uri(configured: str | None = None) -> str:
+    """The store to use: ``$DERY_TRACKING_URI``, else the params file's ``tracking.uri``, else SQLite.
+
+    The SQLite default is relative (``sqlite:///results/mlflow.db``, resolved against the working
+    directory) so that the same params give the same URI in every clone of the project.
+    """
+    return os.environ.get(URI_ENV) or configured or "sqlite:///" + DEFAULT_DB
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative or absolute), None for other stores."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
+
+
+def run_name(key: str) -> str:
+    return key.replace("/", "-")
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out = {}
     for k, v in d.items():
@@ -46,43 +72,83 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i: i + size] for i in range(0, len(items), size)] or [[]]
+
+
+def _experiment_id(client, experiment: str, tracking_uri: str) -> str:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    db = sqlite_path(tracking_uri)
+    # MLflow's default artifact root is ./mlruns in the current directory; keep a local store's
+    # artifacts beside its database under results/ instead. A server chooses its own root.
+    artifacts = (db.resolve().parent / "mlflow-artifacts").as_uri() if db is not None else None
+    return client.create_experiment(experiment, artifact_location=artifacts)
+
+
+def _latest_hash_per_key(client, exp_id: str) -> dict[str, str]:
+    latest: dict[str, str] = {}
+    for run in client.search_runs([exp_id], max_results=50000, order_by=["attributes.start_time DESC"]):
+        key = run.data.tags.get("dery.key")
+        if key is not None and key not in latest:
+            latest[key] = run.data.tags.get("dery.hash", "")
+    return latest
+
+
 def ingest(records: list[dict[str, Any]], tracking_uri: str, experiment: str,
            common_tags: dict[str, str] | None = None) -> dict[str, int]:
-    """Log each record as one run unless a run with the same key and content hash exists."""
-    import mlflow
+    """Log each record as one run unless the latest run with its key holds the same content.
+
+    Comparing with the *latest* run (not any earlier one) matters when a result goes A -> B -> A:
+    the third ingest must log A again, or the tables would keep showing B.
+    """
+    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    existing = {(r.data.tags.get("dery.key"), r.data.tags.get("dery.hash"))
-                for r in client.search_runs([exp_id], max_results=50000)}
+    exp_id = _experiment_id(client, experiment, tracking_uri)
+    latest = _latest_hash_per_key(client, exp_id)
     added = skipped = 0
     for rec in records:
         h = content_hash(rec)
-        if (rec["key"], h) in existing:
+        if latest.get(rec["key"]) == h:
             skipped += 1
             continue
         tags = {**(common_tags or {}), **rec["tags"], "dery.key": rec["key"], "dery.hash": h}
-        run = client.create_run(exp_id, run_name=rec["key"].replace("/", "-"), tags=tags)
-        rid = run.info.run_id
-        from mlflow.entities import Metric, Param
-
+        rid = client.create_run(exp_id, run_name=run_name(rec["key"]), tags=tags).info.run_id
         metrics = [Metric(k, v, 0, 0) for k, v in rec["metrics"].items()]
         for k, series in rec["steps"].items():
             metrics += [Metric(k, float(v), 0, i) for i, v in enumerate(series)]
         params = [Param(k, v) for k, v in _flatten(rec["params"]).items()]
-        client.log_batch(rid, metrics=metrics, params=params)
+        for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
+            client.log_batch(rid, params=chunk)
+        for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+            client.log_batch(rid, metrics=chunk)
         client.set_terminated(rid)
+        latest[rec["key"]] = h
         added += 1
     return {"added": added, "skipped": skipped}
+
+
+class TrackingError(RuntimeError):
+    """The MLflow store or experiment is missing; the message says where dery looked and what to do."""
 
 
 def runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     """All runs of the experiment, latest per ``dery.key`` (re-runs never duplicate rows)."""
     import mlflow
+    from mlflow.tracking import MlflowClient
 
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        raise TrackingError(f"no MLflow store at {db} (tracking URI {tracking_uri}); run the workflow, "
+                            "restore results with `dvc pull`, or point at the right store with --tracking-uri "
+                            f"or ${URI_ENV}.")
+    if MlflowClient(tracking_uri).get_experiment_by_name(experiment) is None:
+        names = [e.name for e in MlflowClient(tracking_uri).search_experiments()]
+        raise TrackingError(f"experiment {experiment!r} not found in {tracking_uri} (it has {names}); the experiment "
+                            "is the `name:` of the params file: pass --params or --experiment.")
     mlflow.set_tracking_uri(tracking_uri)
     df = mlflow.search_runs(experiment_names=[experiment], max_results=50000, order_by=["attributes.start_time DESC"])
     if df.empty:

@@ -13,10 +13,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-import timm
+from . import integrity
 
 
 class ZooError(ValueError):
@@ -37,11 +38,38 @@ def create(arch: str, num_classes: int, kwargs: dict[str, Any] | None = None,
     kwargs = dict(kwargs or {})
     if weights:
         path = Path(weights)
-        if not path.is_file():
-            raise ZooError(f"weights file {path} for `{arch}` does not exist; fix `weights:` in params.")
+        read_weights(path)  # refuses missing, unreadable and code-carrying files before timm touches them
         return timm.create_model(arch, pretrained=True, num_classes=num_classes,
                                  pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
     return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors, or from .pth/.pt/.bin with ``torch.load(weights_only=True)``.
+
+    Never unpickles arbitrary objects: a pickle that carries code is refused with a clear error.
+    Accepts the usual wrappers (``state_dict``, ``model``, ``state_dict_ema``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ZooError(f"weights file {path} does not exist; fix `weights:` in your params file.")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ZooError(f"weights file {path} cannot be loaded safely ({type(exc).__name__}: {str(exc)[:200]}). "
+                       "dery loads checkpoints without executing code: convert it to .safetensors, or to a plain "
+                       "state dict saved with torch.save(model.state_dict(), path).") from exc
+    for wrapper in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ZooError(f"weights file {path} holds no state dict of tensors; save one with "
+                       "torch.save(model.state_dict(), path).")
+    return state
 
 
 def save(model: torch.nn.Module, path: str | os.PathLike, meta: dict[str, Any]) -> None:
@@ -51,12 +79,14 @@ def save(model: torch.nn.Module, path: str | os.PathLike, meta: dict[str, Any]) 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp))
     os.replace(tmp, path)
+    integrity.seal(path)
     write_json(path.with_suffix(".json"), meta)
 
 
 def load(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a saved zoo model (eval mode) from its safetensors file and JSON."""
     path = Path(path)
+    integrity.verify(path)
     meta = json.loads(path.with_suffix(".json").read_text())
     model = create(meta["arch"], meta["num_classes"], meta.get("kwargs"))
     try:

@@ -13,6 +13,15 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
     || echo "setup: could not install dataset-fashion-mnist; the first run will try torchvision's download"
 fi
 
+# --- test-only: Debian's chromium, the headless browser tests/test_report.py opens the Snakemake report in.
+# Best effort, like the dataset above (needs root or sudo); without it that one check is skipped.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing Debian's chromium (headless browser for the report test)"
+  (as_root apt-get update -q && as_root apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core) \
+    >/dev/null 2>&1 || echo "setup: could not install chromium; tests/test_report.py will skip its browser check"
+fi
+# --- end of test-only block
+
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 if [ ! -x .venv/bin/python ]; then
   if ! "$PY" -m venv .venv 2>/dev/null; then

@@ -2,7 +2,14 @@
 import numpy as np
 import pytest
 
-from dery.partition import Block, PartitionError, Similarity, partition, size_bound, stage_alignment
+from dery.partition import (
+    Block,
+    PartitionError,
+    Similarity,
+    partition,
+    size_bound,
+    stage_alignment,
+)
 
 
 def staged_similarity(stage_of: dict[str, list[int]], sharpness: float = 3.0):
@@ -86,3 +93,50 @@ def test_without_the_one_per_model_rule_each_block_joins_its_most_similar_anchor
     for b in res.blocks:
         best = max(sim.block(b, a) for a in res.anchors)
         assert sim.block(b, res.anchors[res.set_of[b]]) == pytest.approx(best)
+
+
+# --- the vectorised solver against the one-restart-at-a-time implementation it replaced ------------------------
+
+def _reference():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import reference
+
+    return reference
+
+
+def _random_pairs(rng, n, kind):
+    names = sorted(n)
+    if kind == "smooth":
+        depth = {a: np.sort(np.concatenate([[0.0], rng.uniform(0, 1, n[a])])) for a in names}
+        return {(a, b): np.exp(-3 * np.abs(depth[a][:, None] - depth[b][None])) for i, a in enumerate(names)
+                for b in names[i:]}
+    if kind == "ties":  # quantised: many exactly equal scores, so tie-breaking must match too
+        return {(a, b): rng.integers(0, 3, (n[a] + 1, n[b] + 1)) / 2 for i, a in enumerate(names) for b in names[i:]}
+    dtype = np.float32 if kind == "float32" else np.float64
+    return {(a, b): rng.uniform(0, 1, (n[a] + 1, n[b] + 1)).astype(dtype) for a in names for b in names}
+
+
+@pytest.mark.parametrize("kind", ["smooth", "noise", "ties", "float32"])
+def test_vectorised_solver_returns_the_reference_partition_exactly(kind):
+    ref = _reference()
+    rng = np.random.default_rng(["smooth", "noise", "ties", "float32"].index(kind))
+    for trial in range(6):
+        k = int(rng.integers(2, 5))
+        n = {f"m{i}": int(rng.integers(k, 3 * k + 5)) for i in range(int(rng.integers(1, 6)))}
+        args = (_random_pairs(rng, n, kind), n, k, float(rng.choice([0.0, 0.2, 1.0])), int(rng.integers(1, 8)),
+                int(rng.integers(1, 25)), int(rng.integers(0, 100)), bool(trial % 2))
+        want, got = ref.partition(*args), partition(*args)
+        assert got.to_json() == want.to_json() and got.objective == want.objective, (kind, trial)
+
+
+def test_bulk_replay_of_the_random_starts_matches_numpys_generator():
+    from dery.partition import _initial_state_rng, _initial_states_replay, _replay_matches_numpy
+
+    assert _replay_matches_numpy()
+    n, k = [8, 16, 12, 33, 14, 27], 4
+    bounds = [size_bound(x, k, 0.2) for x in n]
+    seeds = [[3, r] for r in range(20)]
+    assert _initial_states_replay(seeds, n, k, bounds) == [_initial_state_rng(s, n, k, bounds) for s in seeds]

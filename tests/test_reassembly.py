@@ -4,7 +4,14 @@ import math
 import numpy as np
 import pytest
 
-from dery.reassembly import BudgetError, Instance, brute_force, enumerate_assemblies, key, pair_key
+from dery.reassembly import (
+    BudgetError,
+    Instance,
+    brute_force,
+    enumerate_assemblies,
+    key,
+    pair_key,
+)
 
 
 def random_instance(seed=0, models=("a", "b", "c", "d"), k=3, aligned=False):

@@ -2,7 +2,13 @@
 import numpy as np
 import pytest
 
-from dery.similarity import _centre, _feature_route, _gram_route, linear_cka, linear_cka_matrix
+from dery.similarity import (
+    _centre,
+    _feature_route,
+    _gram_route,
+    linear_cka,
+    linear_cka_matrix,
+)
 
 
 def reference_cka(x, y):
@@ -63,3 +69,26 @@ def test_large_probe_sets_take_the_feature_route_and_stay_exact(rng):
 def test_rejects_features_of_different_images(rng):
     with pytest.raises(ValueError, match="same probe images"):
         linear_cka_matrix([rng.normal(size=(10, 2))], [rng.normal(size=(11, 2))])
+
+
+def test_the_cheaper_route_is_taken():
+    from dery.similarity import route_costs
+
+    gram, feature = route_costs([64, 128], [256], 100)
+    assert gram < feature                      # few images: n x n Gram matrices are small
+    gram, feature = route_costs([64, 128], [256], 5000)
+    assert feature < gram                      # many images: the feature-space products are cheaper
+
+
+@pytest.mark.parametrize("n", [20, 400])  # 20 images: one product of all Gram matrices; 400: per-pair feature route
+def test_all_pairs_at_once_equals_pair_by_pair(rng, n):
+    from dery.similarity import linear_cka_all, route_costs
+
+    widths = {"a": (30, 80, 50), "b": (40, 90), "c": (60,)}
+    assert (route_costs(widths["a"], widths["b"], n)[0] < route_costs(widths["a"], widths["b"], n)[1]) == (n == 20)
+    feats = {m: [rng.normal(size=(n, c)) + (rng.normal(size=(n, 1)) if m != "a" else 0) for c in ws]
+             for m, ws in widths.items()}
+    got = linear_cka_all(feats)
+    assert sorted(got) == [("a", "a"), ("a", "b"), ("a", "c"), ("b", "b"), ("b", "c"), ("c", "c")]
+    for (x, y), m in got.items():
+        np.testing.assert_allclose(m, linear_cka_matrix(feats[x], feats[y]), atol=1e-12)

@@ -54,3 +54,44 @@ def test_assembly_cnn_then_tokens_trains_end_to_end():
     assert logits.shape == (2, 10)
     logits.sum().backward()
     assert all(p.grad is not None for p in asm.parameters() if p.requires_grad)
+
+
+def test_assemblies_of_real_timm_blocks_across_downsampling_glue_build_and_train():
+    """A block that starts right after ConvNeXt's downsampling takes the previous node's output."""
+    import timm
+
+    from dery.stitching import build, dissect
+
+    torch.manual_seed(0)
+    probe = torch.randn(64, 3, 32, 32)
+    infos = {"cnx": dissect(timm.create_model("convnext_atto", num_classes=5).eval(), probe),
+             "res": dissect(timm.create_model("resnet10t", num_classes=5).eval(), probe),
+             "vit": dissect(timm.create_model("vit_tiny_patch16_224", num_classes=5, img_size=32, patch_size=8,
+                                                 depth=3, embed_dim=32, num_heads=2).eval(), probe)}
+    names = infos["cnx"].meta["names"]
+    start = names.index("stages.1.blocks.0")  # 1-based node index (names[0] is the stem)
+    spec = {"blocks": [{"model": "res", "start": 1, "end": 2}, {"model": "cnx", "start": start, "end": start + 1},
+                       {"model": "vit", "start": 2, "end": 3}]}
+    for init in ("lstsq", "random"):
+        asm, notes = build(spec, infos, num_classes=10, stem="own", adapter_init=init, seed=0)
+        logits = asm(torch.randn(2, 3, 32, 32))
+        assert logits.shape == (2, 10)
+        logits.sum().backward()
+        if init == "lstsq":
+            assert len(notes["adapter_r2"]) == 2 and all(r2 <= 1 for r2 in notes["adapter_r2"])
+
+
+def test_consecutive_blocks_of_one_model_reproduce_that_model():
+    import timm
+
+    from dery.stitching import build, dissect
+
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_atto", num_classes=5).eval()
+    info = dissect(model, torch.randn(16, 3, 32, 32))
+    n = len(info.meta["names"]) - 1
+    spec = {"blocks": [{"model": "m", "start": 1, "end": 5}, {"model": "m", "start": 6, "end": n}]}
+    asm, _ = build(spec, {"m": info}, num_classes=5, stem="own", adapter_init="random", seed=0)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(asm.forward_features(x), model.forward_features(x))

@@ -1,22 +1,14 @@
 """The smoke params run end to end through Snakemake; re-runs touch only what a change affects."""
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, clone_project, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def snakemake(work: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=work, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
 
 
 def planned_jobs(work: Path, params_file: str) -> set[str]:
@@ -35,13 +27,9 @@ def variant(work: Path, name: str, change) -> str:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    work = tmp_path_factory.mktemp("smoke")
-    for item in ("Snakefile", "workflow", "params", "dery"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
-    snakemake(work, "--cores", "2", "--configfile", "params/smoke.yaml")
-    return work
+def smoke(smoke_project, tmp_path_factory):
+    """A private copy of the session's finished smoke run (these tests add params files and edit code)."""
+    return clone_project(smoke_project, tmp_path_factory.mktemp("workflow") / "project")
 
 
 def test_summary_answers_the_papers_question(smoke):

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from .. import data as D
+from .. import integrity
 
 log = logging.getLogger("dery")
-TARGET_POOL = 20_000  # the first 20k of the seeded permutation hold the target splits; sources draw from the rest
 NUM_CLASSES = 10
 
 
@@ -31,15 +31,20 @@ def logged(path: str | os.PathLike | None, threads: int = 1):
     with open(path, "w") as fh:
         handler = logging.StreamHandler(fh)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logging.getLogger().addHandler(handler)
-        logging.getLogger().setLevel(logging.INFO)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
         old = sys.stderr
         sys.stderr = fh
         try:
             yield
+        except BaseException as exc:
+            log.exception("stage failed")  # the full traceback goes to the job's log file
+            print(f"dery: {type(exc).__name__}: {exc}", file=old)  # one line on the console
+            raise
         finally:
             sys.stderr = old
-            logging.getLogger().removeHandler(handler)
+            root.removeHandler(handler)
 
 
 def _json(path) -> Any:
@@ -50,6 +55,7 @@ def _save_npz(path, **arrays) -> None:
     tmp = Path(str(path) + ".tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
+    integrity.seal(path)
 
 
 def _images(split: dict, which: str, dataset: D.FashionMNIST | None = None, limit: int | None = None):
@@ -63,13 +69,16 @@ def _images(split: dict, which: str, dataset: D.FashionMNIST | None = None, limi
 
 
 def _feats(npz: str) -> list[np.ndarray]:
+    integrity.verify(npz)
     with np.load(npz) as z:
         return [z[k] for k in sorted(z.files)]
 
 
 def _infos(model_ids, ckpt_dir: str, feat_dir: str, with_feats: bool = True) -> dict:
     """Zoo models with their dissection (``stitching.ModelInfo``), keyed by model id."""
-    from .. import stitching as ST  # imports timm: only the stages that build networks pay for it
+    from .. import (
+        stitching as ST,  # imports timm: only the stages that build networks pay for it
+    )
 
     return {m: ST.load_model_info(Path(ckpt_dir) / f"{m}.safetensors", Path(feat_dir) / f"{m}.json",
                                   Path(feat_dir) / f"{m}.npz" if with_feats else None) for m in model_ids}

@@ -8,7 +8,6 @@ import numpy as np
 
 from .. import data as D
 from .. import zoo as Z
-from ._io import TARGET_POOL
 
 
 def split_data(out: str, data_cfg: dict, sources: dict, per_source: int, val_fraction: float, target: dict,
@@ -16,11 +15,11 @@ def split_data(out: str, data_cfg: dict, sources: dict, per_source: int, val_fra
     folder = D.find_fashion_mnist(data_cfg.get("root"), data_cfg.get("download_dir"))
     ds = D.load_fashion_mnist(folder)
     need = target["train_images"] + target["val_images"]
-    if need > TARGET_POOL:
-        raise D.DataError(f"target train + val = {need} images exceeds the {TARGET_POOL}-image target pool; lower them.")
+    if need > D.TARGET_POOL:
+        raise D.DataError(f"target train + val = {need} images exceeds the {D.TARGET_POOL}-image target pool; lower them.")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(ds.train_y))
-    pool, rest = order[:TARGET_POOL], order[TARGET_POOL:]
+    pool, rest = order[:D.TARGET_POOL], order[D.TARGET_POOL:]
     split: dict[str, Any] = {"data_dir": str(Path(folder).resolve()),
                              "target_train": pool[: target["train_images"]].tolist(),
                              "target_val": pool[target["train_images"]: need].tolist()}

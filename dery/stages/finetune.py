@@ -1,6 +1,8 @@
 """Fine-tune assemblies (FZ/FT) and the baselines (zoo models, from scratch); test once."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from .. import data as D
@@ -43,20 +45,56 @@ def finetune_candidate(ranking_json: str, rank: int, protocol: str, splits: str,
     budget = doc["budget"]["name"]
     key = f"finetune/{budget}/rank{rank}/{protocol}"
     if rank >= len(doc["candidates"]):  # fewer feasible assemblies than top_k: say so, train nothing
-        Z.write_json(out_spec, {"skipped": f"budget {budget} has only {len(doc['candidates'])} candidates"})
+        _write_skipped_artifact(out_spec, f"budget {budget} has only {len(doc['candidates'])} candidates")
         Z.write_json(out_metrics, {"skip": True, "key": key})
         return
     c = doc["candidates"][rank]
     infos = _infos(sorted({b["model"] for b in c["blocks"]}), ckpt_dir, feat_dir)
     asm, notes = ST.build(c, infos, NUM_CLASSES, stem, init, spec_seed(seed, c["id"]))
     frozen = asm.pretrained_modules() if protocol == "FZ" else []
-    hist, acc = _train_eval(asm, _json(splits), cfg, seed, frozen, key, out_metrics + ".resume.pt")
-    Z.write_json(out_spec, {**c, "protocol": protocol, "test_acc": acc, "val_acc": hist.best_val, "stem": stem,
-                            "adapter_init": init})
+    split = _json(splits)
+    hist, acc = _train_eval(asm, split, cfg, seed, frozen, key, out_metrics + ".resume.pt")
+    _write_artifact(asm, out_spec, c, infos, ckpt_dir, split, cfg, seed, stem, init,
+                    {"budget": budget, "budget_limits": doc["budget"], "rank": rank, "protocol": protocol,
+                     "proxy": doc.get("proxy"), "test_acc": acc, "val_acc": hist.best_val,
+                     "best_epoch": hist.best_epoch, "trainable_params": hist.trainable_params})
     Z.write_json(out_metrics, _finetune_record(key, {"kind": "assembly", "budget": budget, "protocol": protocol,
                                                      "name": f"rank{rank}:{c['id']}", "blocks": _blocks_text(c)},
                                                cfg, hist, acc, {"params": c["params"], "macs": c["macs"],
                                                                 "proxy_score": c["proxy_score"], "rank": rank}))
+
+
+def _write_artifact(asm, out_spec: str, c: dict, infos: dict, ckpt_dir: str, split: dict, cfg: dict, seed: int,
+                    stem: str, init: str, result: dict) -> None:
+    """Weights + spec + model card (+ ONNX, TorchScript) of the fine-tuned assembly: ``dery.load_assembly`` reads them."""
+    from .. import artifacts as A
+
+    sources = {}
+    for m, info in infos.items():
+        ckpt = Path(ckpt_dir) / f"{m}.safetensors"
+        sources[m] = A.source_entry(_json(ckpt.with_suffix(".json")), info.meta, A.sha256_file(ckpt))
+    data = {"dataset": "Fashion-MNIST (Xiao et al. 2017; MIT licence, Zalando Research), from " + split["data_dir"],
+            "fine_tuned_on": f"{len(split['target_train'])} training images (seeded target_train split, seed {seed}), "
+                             "random 4-px-padded crops and horizontal flips",
+            "model_selection": f"the epoch with the best accuracy on {len(split['target_val'])} held-out training images"
+                               " (target_val)",
+            "tested_on": f"the first {cfg['test_images']} images of the Fashion-MNIST test set, once"}
+    info = {**{k: v for k, v in c.items() if k != "blocks"}, **result, "data": data, "training": {**cfg, "seed": seed}}
+    reference = D.load_fashion_mnist(split["data_dir"]).test_x[: A.REFERENCE_IMAGES]
+    A.save_assembly(asm, out_spec, blocks=c["blocks"], sources=sources, stem=stem, adapter_init=init, info=info,
+                    reference_images=reference)
+
+
+def _write_skipped_artifact(out_spec: str, why: str) -> None:
+    """A rank with no candidate still gets its declared files: a spec and card that say why, and no tensors."""
+    from safetensors.torch import save_file
+
+    from .. import artifacts as A
+
+    files = A.paths(out_spec)
+    save_file({}, str(files.weights))
+    Z.write_json(out_spec, {"skipped": why})
+    files.card.write_text(f"# No assembly at this rank\n\nNothing was fine-tuned: {why}.\n")
 
 
 def finetune_zoo(ckpt: str, splits: str, cfg: dict, seed: int, out_metrics: str) -> None:

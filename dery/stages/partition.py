@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import integrity
 from .. import partition as P
 from .. import tracking as T
 from .. import zoo as Z
@@ -15,6 +16,7 @@ from ._io import _json
 def _load_pairs(sim_files: list[str]) -> dict[tuple[str, str], np.ndarray]:
     pairs = {}
     for f in sim_files:
+        integrity.verify(f)
         a, b = Path(f).name[: -len(".npz")].split(".vs.")
         with np.load(f) as z:
             pairs[(a, b)] = z["cka"]

@@ -15,27 +15,9 @@ def track(metric_files: list[str], tracking_uri: str, experiment: str, params_ha
     Z.write_json(out, {**stats, "records": len(recs), "tracking_uri": tracking_uri, "experiment": experiment})
 
 
-def summarise(ingested: str, partition_json: str, out_md: str, out_csv: str, out_json: str) -> None:
-    info = _json(ingested)
-    df = T.runs(info["tracking_uri"], info["experiment"])
-    table = E.summary_table(df)
-    corr = E.proxy_correlation(table)
-    part = _json(partition_json)
-    table.to_csv(out_csv, index=False)
-    sets = "\n".join(f"- set {j}: " + "; ".join(f"{b['model']} [{b['nodes'][0]} .. {b['nodes'][1]}]"
-                                                for b in part["blocks"] if b["set"] == j)
-                     for j in range(len(part["sets"])))
-    md = [f"# dery summary: experiment `{info['experiment']}`", "",
-          "Read back from MLflow (" + info["tracking_uri"] + "). Accuracies are top-1 on the Fashion-MNIST test set "
-          "(touched once per model); params include stem, adapters and head; MACs count one multiply-accumulate as 1 "
-          "(torch.utils.flop_counter FLOPs / 2) at 32x32 input. FZ = pretrained blocks frozen, FT = all weights trained;"
-          " `scratch` = the best assembly's architecture from random initialisation; `zoo` = each zoo model fine-tuned "
-          "from its pretraining.", "", E.to_markdown(table), "",
-          "## Proxy rank correlation (Kendall tau, proxy score vs test accuracy, assemblies)", "",
-          "\n".join(f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in corr.items()), "",
-          f"## Equivalence sets (stage alignment {part['stage_alignment']:.2f})", "", sets, ""]
-    Path(out_md).write_text("\n".join(md))
-    Z.write_json(out_json, {"proxy": corr, "stage_alignment": part["stage_alignment"],
-                            "best": {str(b): float(g[["FZ_test_acc", "FT_test_acc"]].max(axis=None))
-                                     for b, g in table[table["kind"] == "assembly"].groupby("budget")}
-                            if "FZ_test_acc" in table and "FT_test_acc" in table else {}})
+def summarise(tracking_uri: str, experiment: str, out_md: str, out_csv: str, out_json: str) -> None:
+    """The tables of ``dery results``, read back from MLflow: Markdown, CSV and the metrics DVC compares."""
+    df = T.runs(tracking_uri, experiment)
+    E.summary_table(df).to_csv(out_csv, index=False)
+    Path(out_md).write_text(E.results_markdown(df, experiment, tracking_uri))
+    Z.write_json(out_json, E.metrics_summary(df))

@@ -1,12 +1,24 @@
 import hashlib
 import json
+import os
 from itertools import combinations_with_replacement
 from pathlib import Path
 
+import sys
+
 from snakemake.utils import validate
 
+from dery.checks import ParamsError, check, clear_stale_lock
 
+
+# Problems in the params file stop here, before any job, as one paragraph without a traceback.
+try:
+    check(config, Path(workflow.basedir) / "workflow/schemas/params.schema.yaml")
+except ParamsError as problem:
+    sys.exit(str(problem))
 validate(config, schema="../schemas/params.schema.yaml")
+if clear_stale_lock():
+    print("dery: removed the lock of a killed Snakemake run in this directory", file=sys.stderr)
 
 ROOT = Path(workflow.basedir)
 MODELS = [m["id"] for m in config["zoo"]]
@@ -24,12 +36,18 @@ def code(*modules):
 
 
 def tracking_uri():
-    uri = config.get("tracking", {}).get("uri")
-    return uri or "sqlite:///" + str(Path("results/mlflow.db").resolve())
+    """$DERY_TRACKING_URI, else the params file's tracking.uri, else sqlite:///results/mlflow.db.
+
+    Relative on purpose: the same params give the same URI in every clone (no spurious re-runs of
+    the ingest after `dvc pull` elsewhere). Same precedence as dery.tracking.resolve_uri.
+    """
+    return os.environ.get("DERY_TRACKING_URI") or config["tracking"].get("uri") or "sqlite:///results/mlflow.db"
 
 
 def params_hash():
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    """Hash of the experiment's params; where results are logged (tracking) is not one of them."""
+    science = {k: v for k, v in config.items() if k != "tracking"}
+    return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def metric_files():

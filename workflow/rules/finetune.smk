@@ -4,10 +4,15 @@ rule finetune_assembly:
         splits="results/data/splits.json",
         ckpts=expand("results/zoo/{model}.safetensors", model=MODELS),
         feats=expand("results/features/{model}.npz", model=MODELS),
-        code=code("stages/finetune", "training", "stitching"),
+        code=code("stages/finetune", "training", "stitching", "artifacts"),
+    # the artifact dery.load_assembly reads: spec + weights + model card. The ONNX and TorchScript
+    # exports are written beside them and recorded (with hashes) in the spec, not declared here:
+    # a rank without a candidate has none, and an empty file would not be a model.
     output:
         metrics="results/finetune/{budget}/rank{rank}_{protocol}.metrics.json",
         spec="results/finetune/{budget}/rank{rank}_{protocol}.json",
+        weights="results/finetune/{budget}/rank{rank}_{protocol}.safetensors",
+        card="results/finetune/{budget}/rank{rank}_{protocol}.card.md",
     params:
         cfg=finetune_cfg(),
         stem=config["reassembly"]["stem"],

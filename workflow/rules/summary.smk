@@ -1,3 +1,6 @@
+# MLflow is written by one serial job only (track): parallel jobs write *.metrics.json files, so
+# SQLite is never written concurrently. summarise reads the tables back from MLflow; the same
+# tables print with `dery results`.
 rule track:
     input:
         metrics=metric_files(),
@@ -21,12 +24,19 @@ rule track:
 rule summarise:
     input:
         ingested="results/mlflow/ingested.json",
-        sets="results/partition/equivalence_sets.json",
         code=code("stages/summary", "evaluation", "tracking"),
     output:
         md="results/summary.md",
-        csv="results/summary.csv",
+        csv=report(
+            "results/summary.csv",
+            caption="../report/summary.rst",
+            category="6. Result table",
+            labels={"table": "every fine-tuned network"},
+        ),
         metrics="results/metrics.json",
+    params:
+        uri=tracking_uri(),
+        experiment=config["name"],
     log:
         "results/logs/summarise.log",
     benchmark:

@@ -1,0 +1,200 @@
+"""Pre-flight checks: every params problem is found before any job runs, and reported as one
+plain paragraph naming the problem and the fix (no traceback).
+
+The JSON Schema (workflow/schemas/params.schema.yaml) catches types, ranges and unknown keys;
+the checks here catch what a schema cannot: architecture names, weights files, data folders,
+K against the shallowest model, split sizes, paths that would write outside the project.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A problem in the params file; ``str()`` is the user-facing paragraph."""
+
+
+def _schema_problems(config: dict, schema: dict) -> list[str]:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    out = []
+    for err in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
+        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        if err.validator == "additionalProperties":
+            allowed = list(err.schema.get("properties", {}))
+            extra = [k for k in err.instance if k not in allowed]
+            hints = [f"`{k}` (did you mean `{m[0]}`?)" if (m := difflib.get_close_matches(k, allowed, 1)) else f"`{k}`"
+                     for k in extra]
+            out.append(f"`{where}` has unknown key(s) {', '.join(hints)}; allowed: {', '.join(allowed)}.")
+        else:
+            desc = err.schema.get("description")
+            out.append(f"`{where}`: {err.message}" + (f" (expected: {desc})" if desc else "") + ".")
+    return out
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    path = path.resolve()
+    return any(path == r or r in path.parents for r in roots)
+
+
+def _meta_model(entry: dict):
+    """The architecture on the meta device: module tree and feature_info at no memory or time cost."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        return timm.create_model(entry["arch"], pretrained=False, num_classes=10, **(entry.get("kwargs") or {}))
+
+
+def _source_problems(config: dict) -> list[str]:
+    """Exact image counts per source, as split_data will draw them (needs only the label file)."""
+    import numpy as np
+
+    from .data import TARGET_POOL, DataError, find_fashion_mnist, load_labels
+
+    try:
+        labels = load_labels(find_fashion_mnist(config["data"].get("root")))
+    except DataError:
+        return []  # not on disk yet: split_data downloads it and checks the same thing
+    rest = np.random.default_rng(config["seed"]).permutation(len(labels))[TARGET_POOL:]
+    per_source = config["zoo_training"]["images_per_source"]
+    out = []
+    for name, classes in config["sources"].items():
+        available = int(np.isin(labels[rest], classes).sum())
+        if available < per_source:
+            out.append(f"source `{name}` (classes {classes}) has {available} images outside the target pool, "
+                       f"fewer than `zoo_training.images_per_source` = {per_source}; lower it"
+                       + (" or give the source classes." if available else "."))
+    return out
+
+
+def semantic_problems(config: dict, workdir: Path) -> list[str]:
+    from . import features, zoo
+    from .data import TARGET_POOL
+
+    problems: list[str] = []
+    ids = [m["id"] for m in config["zoo"]]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        problems.append(f"zoo ids {dup} are used more than once; give every zoo entry a unique `id`.")
+    budgets = [b["name"] for b in config["reassembly"]["budgets"]]
+    dupb = sorted({b for b in budgets if budgets.count(b) > 1})
+    if dupb:
+        problems.append(f"budget names {dupb} are used more than once; give every budget a unique `name`.")
+    roots = [(workdir / "results").resolve(), (workdir / "resources").resolve()]
+    dl = Path(config["data"]["download_dir"])
+    if not _inside(workdir / dl, roots):
+        problems.append(f"`data.download_dir` = {dl} would write outside the project; use a folder under "
+                        "resources/ (the default is resources/fashion-mnist).")
+    uri = (config.get("tracking") or {}).get("uri") or ""
+    if uri.startswith("sqlite:///") and not _inside(workdir / uri[len("sqlite:///"):], roots):
+        problems.append(f"`tracking.uri` = {uri} would write an MLflow store outside the project; put the SQLite "
+                        "file under results/ or leave `tracking.uri` null.")
+    root = config["data"].get("root")
+    if root is not None:
+        from .data import DataError, find_fashion_mnist
+
+        try:
+            find_fashion_mnist(root)
+        except DataError as exc:
+            problems.append(f"`data.root`: {exc}")
+    target = config["target"]
+    if target["train_images"] + target["val_images"] > TARGET_POOL:
+        problems.append(f"`target.train_images` + `target.val_images` = {target['train_images'] + target['val_images']}"
+                        f" exceeds the {TARGET_POOL}-image target pool; lower them.")
+    if config["features"]["probe_images"] > target["train_images"]:
+        problems.append(f"`features.probe_images` = {config['features']['probe_images']} is larger than the target "
+                        f"train split (`target.train_images` = {target['train_images']}); lower it or raise the split.")
+    if config["finetune"]["top_k"] > config["reassembly"]["max_candidates"]:
+        problems.append(f"`finetune.top_k` = {config['finetune']['top_k']} exceeds `reassembly.max_candidates` = "
+                        f"{config['reassembly']['max_candidates']}; lower top_k or raise max_candidates.")
+    problems += _source_problems(config)
+    node_counts = {}
+    for i, entry in enumerate(config["zoo"]):
+        where = f"zoo entry {i + 1} (`{entry['id']}`)"
+        if entry["source"] not in config["sources"]:
+            problems.append(f"{where}: source `{entry['source']}` is not defined under `sources` "
+                            f"({', '.join(config['sources'])}); fix its `source`.")
+        try:
+            zoo.check_arch(entry["arch"])
+        except zoo.ZooError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        try:
+            model = _meta_model(entry)
+        except Exception as exc:  # timm raises TypeError/AssertionError/ValueError for bad kwargs
+            problems.append(f"{where}: timm cannot build `{entry['arch']}` with kwargs {entry.get('kwargs')}: "
+                            f"{type(exc).__name__}: {exc}. Fix its `kwargs`.")
+            continue
+        try:
+            node_counts[entry["id"]] = len(features.node_names(model))
+        except features.DissectionError as exc:
+            problems.append(f"{where}: {exc} Choose a timm family dery can dissect (ResNet, MobileNet/EfficientNet, "
+                            "RegNet, ConvNeXt, ViT, Swin, ...).")
+        if entry.get("weights"):
+            try:
+                state = zoo.read_weights(workdir / entry["weights"])
+            except zoo.ZooError as exc:
+                problems.append(f"{where}: {exc}")
+            else:
+                want = set(model.state_dict())
+                overlap = len(want & set(state)) / max(1, len(want))
+                if overlap < 0.5:
+                    problems.append(f"{where}: weights file {entry['weights']} does not fit `{entry['arch']}`: only "
+                                    f"{overlap:.0%} of the model's tensors are in it (e.g. it lacks "
+                                    f"{sorted(want - set(state))[:2]}); point `weights:` at a checkpoint of this "
+                                    "architecture.")
+    k = config["partition"]["K"]
+    if node_counts and k > min(node_counts.values()):
+        shallow = min(node_counts, key=node_counts.get)
+        problems.append(f"`partition.K` = {k} is larger than the node count of `{shallow}` ({node_counts[shallow]} "
+                        f"blocks); lower K to at most {node_counts[shallow]} or drop that model.")
+    return problems
+
+
+def check(config: dict, schema_path: str | os.PathLike, workdir: str | os.PathLike = ".") -> None:
+    """Raise ParamsError with every problem found (schema first, then semantics)."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    problems = _schema_problems(config, schema)
+    if not problems:
+        import copy
+
+        from snakemake.utils import validate
+
+        filled = copy.deepcopy(config)
+        validate(filled, schema_path)  # fills the schema's defaults, so the semantic checks see every key
+        problems = semantic_problems(filled, Path(workdir).resolve())
+    if problems:
+        raise ParamsError("dery: the params file has " + ("a problem" if len(problems) == 1 else
+                          f"{len(problems)} problems") + " (nothing was run, no result was touched):\n- "
+                          + "\n- ".join(problems))
+
+
+def clear_stale_lock(workdir: str | os.PathLike = ".") -> bool:
+    """Remove Snakemake's lock when no process works in this directory any more (a killed run).
+
+    Snakemake leaves ``.snakemake/locks`` behind after SIGKILL and then refuses to start until
+    ``--unlock``; we unlock only when no other snakemake process has this working directory.
+    """
+    import psutil
+
+    workdir = Path(workdir).resolve()
+    locks = workdir / ".snakemake" / "locks"
+    if not locks.is_dir() or not any(locks.iterdir()):
+        return False
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        try:
+            if proc.info["pid"] != me and proc.info["cwd"] and Path(proc.info["cwd"]).resolve() == workdir \
+                    and any("snakemake" in part for part in (proc.info["cmdline"] or [])):
+                return False
+        except (psutil.Error, OSError):
+            continue
+    for f in locks.iterdir():
+        f.unlink(missing_ok=True)
+    return True
