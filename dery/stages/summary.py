@@ -9,9 +9,11 @@ from .. import zoo as Z
 from ._io import _json
 
 
-def track(metric_files: list[str], tracking_uri: str, experiment: str, params_hash: str, out: str) -> None:
+def track(metric_files: list[str], tracking_uri: str, experiment: str, params_hash: str, out: str,
+          attempts: int = 6, retry_wait_s: float = 2.0) -> None:
     recs = [r for r in (_json(f) for f in metric_files) if not r.get("skip")]
-    stats = T.ingest(recs, tracking_uri, experiment, {"dery.params_hash": params_hash, "dery.git_commit": T.git_commit()})
+    stats = T.ingest(recs, tracking_uri, experiment, {"dery.params_hash": params_hash, "dery.git_commit": T.git_commit()},
+                     attempts=attempts, wait_s=retry_wait_s)
     Z.write_json(out, {**stats, "records": len(recs), "tracking_uri": tracking_uri, "experiment": experiment})
 
 

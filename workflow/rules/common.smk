@@ -31,8 +31,16 @@ CONDA_ENV = "../envs/dery.yaml"
 
 
 def code(*modules):
-    """Paths of the dery modules a job runs (Snakemake does not track edits to imported code)."""
-    return [str(ROOT / "dery" / f"{m}.py") for m in modules]
+    """Paths of the dery modules a job runs (Snakemake does not track edits to imported code).
+
+    Relative to the working directory when the workflow runs in its own folder, so a copy of a
+    finished project (another clone, `dvc pull` elsewhere) sees the same input set and re-runs nothing.
+    """
+    paths = [ROOT / "dery" / f"{m}.py" for m in modules]
+    try:
+        return [str(p.relative_to(Path.cwd())) for p in paths]
+    except ValueError:
+        return [str(p) for p in paths]
 
 
 def tracking_uri():

@@ -11,6 +11,8 @@ rule track:
         uri=tracking_uri(),
         experiment=config["name"],
         params_hash=params_hash(),
+        attempts=config["tracking"]["attempts"],
+        retry_wait_s=config["tracking"]["retry_wait_s"],
     log:
         "results/logs/track.log",
     benchmark:
