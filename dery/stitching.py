@@ -60,11 +60,19 @@ def from_map(x: torch.Tensor, fmt: str) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2).contiguous()
 
 
-def resize(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    h, w = x.shape[-2:]
+def resize(x: torch.Tensor, grid: tuple[int, int], src: tuple[int, int] | None = None) -> torch.Tensor:
+    """Average-pool down or nearest-upsample to ``grid``. ``src``: the input grid when known statically.
+
+    An integer ratio uses plain avg_pool2d (the same numbers as adaptive pooling) because ONNX cannot
+    export adaptive pooling of a map whose size comes from a reshape (Swin's and ViT's token grids).
+    """
+    h, w = src if src is not None else x.shape[-2:]
     if (h, w) == tuple(grid):
         return x
     if h >= grid[0] and w >= grid[1]:
+        if h % grid[0] == 0 and w % grid[1] == 0:
+            k = (h // grid[0], w // grid[1])
+            return nn.functional.avg_pool2d(x, k, k)
         return nn.functional.adaptive_avg_pool2d(x, grid)
     return nn.functional.interpolate(x, size=grid, mode="nearest")
 
@@ -76,7 +84,7 @@ class Stitch(nn.Module):
         self.proj = nn.Conv2d(src.channels, dst.channels, 1)
 
     def forward(self, x):
-        return from_map(self.proj(resize(to_map(x, self.src), self.dst.grid)), self.dst.fmt)
+        return from_map(self.proj(resize(to_map(x, self.src), self.dst.grid, self.src.grid)), self.dst.fmt)
 
     @torch.no_grad()
     def init_least_squares(self, x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> float:

@@ -303,3 +303,39 @@ def test_registered_model_loads_back_from_a_live_mlflow_server(saved, test_image
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def test_swin_blocks_into_a_cnn_export_to_onnx(fmnist, test_images, tmp_path):
+    """Swin's NHWC maps come out of a reshape; the adapter pools them with a static kernel ONNX can export."""
+    torch.manual_seed(0)
+    probe = D.to_images(fmnist.train_x[:16])
+    swin = timm.create_model("swin_tiny_patch4_window7_224", num_classes=5, img_size=32, window_size=4, embed_dim=24,
+                             depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2]).eval()
+    infos = {"swin": ST.dissect(swin, probe), "cnn": ST.dissect(timm.create_model("resnet10t", num_classes=5).eval(), probe)}
+    blocks = [{"model": "swin", "stage": 0, "start": 1, "end": 1, "set": 0},
+              {"model": "cnn", "stage": 1, "start": 3, "end": 4, "set": 1}]
+    asm, _ = ST.build({"blocks": blocks}, infos, 10, "own", "random", seed=1)
+    asm.eval()
+    A.export_onnx(asm, tmp_path / "m.onnx", test_images[:1])
+    with torch.no_grad():
+        want = asm(test_images).numpy()
+    assert np.abs(A.run_onnx(tmp_path / "m.onnx", test_images.numpy()) - want).max() < 1e-4
+
+
+def test_an_exporter_that_fails_costs_the_file_not_the_fine_tuned_weights(saved, fmnist, monkeypatch, tmp_path):
+    folder, models = saved
+    spec = json.loads((folder / "rank0_FZ.json").read_text())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Unsupported: ONNX export of operator frobnicate")
+
+    monkeypatch.setattr(A, "export_onnx", broken)
+    out = A.save_assembly(models["rank0_FZ"], tmp_path / "rank0_FZ.json", blocks=spec["blocks"],
+                          sources=spec["sources"], stem=spec["stem"], adapter_init="random",
+                          info={k: spec.get(k) for k in ("id", "budget", "rank", "protocol", "params", "macs",
+                                                         "proxy_score", "proxy", "val_acc", "test_acc")},
+                          reference_images=fmnist.test_x[:4])
+    assert "frobnicate" in out["exports"]["onnx"]["error"] and "file" in out["exports"]["torchscript"]
+    assert "export failed" in (tmp_path / "rank0_FZ.card.md").read_text()
+    model = dery.load_assembly(tmp_path / "rank0_FZ.json")
+    assert isinstance(model, torch.nn.Module)

@@ -1,6 +1,7 @@
 """MLflow as the result store: a real `mlflow server` on 127.0.0.1 over HTTP, and the SQLite default under
 parallel Snakemake jobs. Runs are named and tagged deterministically and never duplicated."""
 import json
+import re
 import os
 import socket
 import subprocess
@@ -146,3 +147,31 @@ def test_dery_results_reads_the_server(served, tmp_path):
                           env={**os.environ, T.URI_ENV: uri})
     assert proc.returncode == 0, proc.stderr
     assert "## Budget `tiny`" in proc.stdout and f"({uri})" in proc.stdout
+
+
+def test_a_server_that_is_down_loses_no_result_and_the_next_run_only_logs(smoke_project, tmp_path):
+    """The server is down when the pipeline ends: the ingest fails fast saying nothing is lost; every
+    fine-tuned model and metrics file stays; once the server is back, the re-run trains nothing."""
+    work = clone_project(smoke_project, tmp_path / "project")
+    cfg = (work / "params" / "smoke.yaml").read_text() + "\ntracking: {attempts: 2, retry_wait_s: 0.1}\n"
+    (work / "params" / "flaky.yaml").write_text(cfg)
+    finetuned = {f: f.stat().st_mtime_ns for f in (work / "results" / "finetune").rglob("*") if f.is_file()}
+    env = {**project_env(work), T.URI_ENV: f"http://127.0.0.1:{free_port()}"}  # nothing listens there
+    down = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "params/flaky.yaml"],
+                          cwd=work, env=env, capture_output=True, text=True)
+    assert down.returncode != 0
+    log = (work / "results" / "logs" / "track.log").read_text()
+    assert "did not answer" in log and "Nothing is lost" in log and "metrics.json" in log
+    assert {f: f.stat().st_mtime_ns for f in finetuned} == finetuned, "no fine-tuning result was touched"
+    back = run_snakemake_with(work, "params/flaky.yaml")
+    out = back.stdout + back.stderr
+    assert "rule track:" in out and not re.search(r"rule (finetune_\w+|pretrain_zoo|extract_features):", out)
+    assert (work / "results" / "summary.md").exists()
+
+
+def run_snakemake_with(work: Path, params: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in project_env(work).items() if k != T.URI_ENV}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", params],
+                          cwd=work, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
