@@ -113,7 +113,12 @@ def semantic_problems(config: dict, workdir: Path) -> list[str]:
     if config["finetune"]["top_k"] > config["reassembly"]["max_candidates"]:
         problems.append(f"`finetune.top_k` = {config['finetune']['top_k']} exceeds `reassembly.max_candidates` = "
                         f"{config['reassembly']['max_candidates']}; lower top_k or raise max_candidates.")
-    problems += _source_problems(config)
+    if config["data"].get("dataset"):  # an ImageFolder dataset instead of Fashion-MNIST (dery/datasets.py)
+        from .datasets import folder_problems
+
+        problems += folder_problems(config["data"]["dataset"], workdir)
+    else:
+        problems += _source_problems(config)
     node_counts = {}
     for i, entry in enumerate(config["zoo"]):
         where = f"zoo entry {i + 1} (`{entry['id']}`)"
@@ -137,18 +142,11 @@ def semantic_problems(config: dict, workdir: Path) -> list[str]:
             problems.append(f"{where}: {exc} Choose a timm family dery can dissect (ResNet, MobileNet/EfficientNet, "
                             "RegNet, ConvNeXt, ViT, Swin, ...).")
         if entry.get("weights"):
-            try:
-                state = zoo.read_weights(workdir / entry["weights"])
-            except zoo.ZooError as exc:
-                problems.append(f"{where}: {exc}")
-            else:
-                want = set(model.state_dict())
-                overlap = len(want & set(state)) / max(1, len(want))
-                if overlap < 0.5:
-                    problems.append(f"{where}: weights file {entry['weights']} does not fit `{entry['arch']}`: only "
-                                    f"{overlap:.0%} of the model's tensors are in it (e.g. it lacks "
-                                    f"{sorted(want - set(state))[:2]}); point `weights:` at a checkpoint of this "
-                                    "architecture.")
+            from . import hub  # safe read, `remap:`, the family's checkpoint filter, then every key and shape
+
+            problem = hub.check(entry["arch"], entry.get("kwargs"), workdir / entry["weights"], entry.get("remap"))
+            if problem:
+                problems.append(f"{where}: {problem}")
     k = config["partition"]["K"]
     if node_counts and k > min(node_counts.values()):
         shallow = min(node_counts, key=node_counts.get)

@@ -200,3 +200,16 @@ def metrics_summary(df: pd.DataFrame) -> dict[str, Any]:
     _, alignment = equivalence_sets(df)
     return {"proxy": {k: _finite(v) for k, v in proxy_correlation(table).items()},
             "stage_alignment": _finite(alignment), "best": best_accuracy(table)}
+
+
+def mean_per_class_accuracy(pred: Any, target: Any, num_classes: int | None = None) -> float:
+    """The mean over classes of each class's accuracy (the paper's metric for Aircraft, Caltech-101,
+    Flowers and Pets; ``dery.datasets.METRIC``). Classes absent from ``target`` are left out."""
+    pred, target = np.asarray(pred).ravel(), np.asarray(target).ravel()
+    if pred.shape != target.shape or not len(target):
+        raise ValueError(f"pred and target need the same, non-zero length ({pred.shape} vs {target.shape}).")
+    n = int(num_classes or (max(pred.max(), target.max()) + 1))
+    total = np.bincount(target, minlength=n)
+    hit = np.bincount(target[pred == target], minlength=n)
+    seen = total > 0
+    return float((hit[seen] / total[seen]).mean())

@@ -240,6 +240,8 @@ def verify_chain(model: nn.Module, tr: Trace, x: torch.Tensor, atol: float = 1e-
             h = OwnStem(model, tr).eval()(x)
             for j, n in enumerate(tr.nodes):
                 h = _run_glue_node(model, tr, j, h)
+                if not bool(torch.isfinite(outs[n]).all()):  # NaN != NaN: say what it is, not a dissection error
+                    raise FloatingPointError(f"non-finite features at node {n}; the checkpoint is probably broken.")
                 if not torch.allclose(h, outs[n], atol=atol, rtol=1e-3):
                     raise DissectionError(f"re-running node {n} (with glue {tr.glue[j]}) does not reproduce the model's"
                                           f" own output; this family hides computation between blocks.")

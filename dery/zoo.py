@@ -25,6 +25,12 @@ class ZooError(ValueError):
 
 
 def check_arch(arch: str) -> None:
+    if "." in arch:  # a pretrained tag (resnet50.tv_in1k): the architecture must exist and have that tag
+        check_arch(arch.split(".", 1)[0])
+        if arch not in timm.list_pretrained(arch.split(".", 1)[0] + ".*"):
+            tags = timm.list_pretrained(arch.split(".", 1)[0] + ".*")
+            raise ZooError(f"`{arch}`: timm has no such pretrained tag; it has {', '.join(tags) or 'none'}.")
+        return
     names = timm.list_models()
     if arch not in names:
         close = difflib.get_close_matches(arch, names, n=3, cutoff=0.6)
@@ -33,14 +39,18 @@ def check_arch(arch: str) -> None:
 
 
 def create(arch: str, num_classes: int, kwargs: dict[str, Any] | None = None,
-           weights: str | os.PathLike | None = None) -> torch.nn.Module:
+           weights: str | os.PathLike | None = None, remap: dict[str, str | None] | None = None,
+           pretrained: bool = False) -> torch.nn.Module:
     check_arch(arch)
     kwargs = dict(kwargs or {})
     if weights:
-        path = Path(weights)
-        read_weights(path)  # refuses missing, unreadable and code-carrying files before timm touches them
-        return timm.create_model(arch, pretrained=True, num_classes=num_classes,
-                                 pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+        from . import hub  # safe read, key check (and `remap:`), then timm's own pretrained_cfg_overlay loading
+
+        return hub.create(arch, num_classes, kwargs, weights, remap)
+    if pretrained:
+        from . import hub
+
+        return hub.create_pretrained(arch, num_classes, kwargs)
     return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
 
 

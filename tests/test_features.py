@@ -81,3 +81,11 @@ def test_extract_pools_every_node_and_records_shapes(x):
 def test_unsupported_model_without_feature_info_is_a_clear_error():
     with pytest.raises(F.DissectionError, match="feature_info"):
         F.node_names(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_non_finite_features_stop_extraction_naming_the_node(x):
+    model = timm.create_model("resnet18", num_classes=5).eval()
+    with torch.no_grad():
+        model.get_submodule("layer2.1.conv2").weight[0, 0, 0, 0] = float("nan")  # a broken checkpoint
+    with pytest.raises(FloatingPointError, match=r"non-finite features at node layer2\.1"):
+        F.extract(model, x)

@@ -12,14 +12,22 @@ from .. import zoo as Z
 
 def split_data(out: str, data_cfg: dict, sources: dict, per_source: int, val_fraction: float, target: dict,
                seed: int) -> None:
-    folder = D.find_fashion_mnist(data_cfg.get("root"), data_cfg.get("download_dir"))
+    pool_size = D.TARGET_POOL
+    if data_cfg.get("dataset"):  # an ImageFolder dataset, converted once to the idx files read below
+        from .. import datasets as DS
+
+        folder = DS.pipeline_folder(data_cfg["dataset"], data_cfg.get("download_dir"))
+        pool_size = target["train_images"] + target["val_images"]  # a small dataset: sources get the rest
+    else:
+        folder = D.find_fashion_mnist(data_cfg.get("root"), data_cfg.get("download_dir"))
     ds = D.load_fashion_mnist(folder)
     need = target["train_images"] + target["val_images"]
-    if need > D.TARGET_POOL:
-        raise D.DataError(f"target train + val = {need} images exceeds the {D.TARGET_POOL}-image target pool; lower them.")
+    if need > min(pool_size, len(ds.train_y)):
+        raise D.DataError(f"target train + val = {need} images exceeds the {min(pool_size, len(ds.train_y))}-image "
+                          "target pool; lower them.")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(ds.train_y))
-    pool, rest = order[:D.TARGET_POOL], order[D.TARGET_POOL:]
+    pool, rest = order[:pool_size], order[pool_size:]
     split: dict[str, Any] = {"data_dir": str(Path(folder).resolve()),
                              "target_train": pool[: target["train_images"]].tolist(),
                              "target_val": pool[target["train_images"]: need].tolist()}

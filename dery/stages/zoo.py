@@ -20,9 +20,10 @@ def pretrain(spec: dict, splits: str, train_cfg: dict, seed: int, out_ckpt: str,
     tx, ty = _images(split, f"source_{spec['source']}_train", ds)
     vx, vy = _images(split, f"source_{spec['source']}_val", ds)
     torch.manual_seed(seed)
-    model = Z.create(spec["arch"], len(classes), spec.get("kwargs"), spec.get("weights"))
+    model = Z.create(spec["arch"], len(classes), spec.get("kwargs"), spec.get("weights"), spec.get("remap"),
+                     spec.get("pretrained", False))
     hist = TR.History()
-    if not spec.get("weights"):
+    if not (spec.get("weights") or spec.get("pretrained")):
         hist = TR.fit(model, tx, remap[ty], vx, remap[vy], epochs=train_cfg["epochs"], batch_size=train_cfg["batch_size"],
                       lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"],
                       label_smoothing=train_cfg["label_smoothing"], warmup_epochs=train_cfg["warmup_epochs"],
@@ -30,7 +31,8 @@ def pretrain(spec: dict, splits: str, train_cfg: dict, seed: int, out_ckpt: str,
     val_acc = TR.accuracy(model, vx, remap[vy])
     meta = {"id": spec["id"], "arch": spec["arch"], "kwargs": spec.get("kwargs") or {}, "num_classes": len(classes),
             "source": spec["source"], "classes": classes, "val_acc": val_acc, "license": spec.get("license", ""),
-            "params": R.count_params(model), "pretrained_from": spec.get("weights") or "trained here"}
+            "params": R.count_params(model),
+            "pretrained_from": spec.get("weights") or (f"timm hub: {spec['arch']}" if spec.get("pretrained") else "trained here")}
     Z.save(model, out_ckpt, meta)
     Z.write_json(out_metrics, T.record(f"pretrain/{spec['id']}", {"stage": "pretrain", "model": spec["id"],
                                                                      "arch": spec["arch"], "source": spec["source"]},

@@ -150,7 +150,7 @@ rule claims_random_cut_ranking:
     params:
         budget=lambda w: BUDGETS[w.budget],
         reassembly={k: config["reassembly"][k] for k in ("max_candidates", "forbid")},
-        proxy=config["proxy"],
+        proxy={**config["proxy"], "report_all": False},  # ranking needs only the chosen proxy
         stem=config["reassembly"]["stem"],
         init=config["stitching"]["init"],
         seed=SEED0,
@@ -180,7 +180,7 @@ rule claims_random_assembly:
     params:
         budget=lambda w: BUDGETS[w.budget],
         forbid=config["reassembly"]["forbid"],
-        proxy=config["proxy"],
+        proxy={**config["proxy"], "report_all": False},  # ranking needs only the chosen proxy
         stem=config["reassembly"]["stem"],
         init=config["stitching"]["init"],
         seed=SEED0,
