@@ -1,4 +1,5 @@
-"""The 0-1 program on SCIP against brute-force enumeration, and its budget errors."""
+"""Both enumerators (best-first walk, SCIP with no-good cuts) against brute-force enumeration, the SCIP
+optimum, and the budget errors."""
 import math
 
 import numpy as np
@@ -11,7 +12,10 @@ from dery.reassembly import (
     enumerate_assemblies,
     key,
     pair_key,
+    solve_optimal,
 )
+
+METHODS = ["best_first", "scip"]
 
 
 def random_instance(seed=0, models=("a", "b", "c", "d"), k=3, aligned=False):
@@ -42,14 +46,15 @@ def ids(assembly_blocks):
     return tuple((b["model"], b["stage"]) for b in assembly_blocks)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_enumeration_finds_exactly_the_brute_force_feasible_set(seed):
+def test_enumeration_finds_exactly_the_brute_force_feasible_set(seed, method):
     inst = random_instance(seed)
     budget_p, budget_m = 160_000, 1_500_000
     forbid = [["tokens", "maps"]]
     oracle = {ids(c): (p, m, s) for c, p, m, s in brute_force(inst, budget_p, budget_m, forbid)}
     assert oracle, "the instance should have feasible assemblies"
-    got = enumerate_assemblies(inst, budget_p, budget_m, n=10_000, forbid=forbid, seed=0)
+    got = enumerate_assemblies(inst, budget_p, budget_m, n=10_000, forbid=forbid, seed=0, method=method)
     assert {ids(c["blocks"]) for c in got} == set(oracle)
     for c in got:  # reported costs are the exact totals
         assert (c["params"], c["macs"]) == oracle[ids(c["blocks"])][:2]
@@ -58,12 +63,40 @@ def test_enumeration_finds_exactly_the_brute_force_feasible_set(seed):
     assert surrogate[0] == pytest.approx(max(s for _, _, s in oracle.values()))
 
 
-def test_top_n_is_a_prefix_of_the_full_enumeration_and_deterministic():
+@pytest.mark.parametrize("method", METHODS)
+def test_top_n_is_a_prefix_of_the_full_enumeration_and_deterministic(method):
     inst = random_instance(3)
-    full = enumerate_assemblies(inst, 1e9, 1e12, n=1000, seed=0)
-    top = enumerate_assemblies(inst, 1e9, 1e12, n=5, seed=0)
+    full = enumerate_assemblies(inst, 1e9, 1e12, n=1000, seed=0, method=method)
+    top = enumerate_assemblies(inst, 1e9, 1e12, n=5, seed=0, method=method)
     assert [c["surrogate"] for c in top] == pytest.approx([c["surrogate"] for c in full[:5]])
-    assert top == enumerate_assemblies(inst, 1e9, 1e12, n=5, seed=0)
+    assert top == enumerate_assemblies(inst, 1e9, 1e12, n=5, seed=0, method=method)
+
+
+@pytest.mark.parametrize("seed", [8, 9])
+def test_the_fast_walk_and_the_ilp_give_the_same_top_n_and_scip_certifies_the_optimum(seed):
+    inst = random_instance(seed, models=("a", "b", "c", "d", "e", "f"), k=4)
+    budget_p, budget_m = 250_000, 2_500_000
+    forbid = [["tokens", "maps"]]
+    walk = enumerate_assemblies(inst, budget_p, budget_m, n=20, forbid=forbid, method="best_first")
+    ilp = enumerate_assemblies(inst, budget_p, budget_m, n=20, forbid=forbid, method="scip")
+    assert [c["surrogate"] for c in walk] == pytest.approx([c["surrogate"] for c in ilp])
+    oracle = sorted((s for *_, s in brute_force(inst, budget_p, budget_m, forbid)), reverse=True)
+    assert [c["surrogate"] for c in walk] == pytest.approx(oracle[:20])
+    assert solve_optimal(inst, budget_p, budget_m, forbid)["surrogate"] == pytest.approx(oracle[0])
+
+
+def test_equal_surrogates_come_in_a_fixed_order_and_none_is_lost():
+    inst = random_instance(10)
+    for b in inst.blocks:
+        b["score"] = 1.0
+    got = enumerate_assemblies(inst, 1e9, 1e12, n=10_000)
+    assert len({ids(c["blocks"]) for c in got}) == len(got) == sum(1 for _ in brute_force(inst, 1e9, 1e12))
+    assert got == enumerate_assemblies(inst, 1e9, 1e12, n=10_000)
+
+
+def test_an_unknown_search_method_is_named():
+    with pytest.raises(ValueError, match="best_first"):
+        enumerate_assemblies(random_instance(0), 1e9, 1e12, n=1, method="random")
 
 
 def test_every_assembly_takes_one_block_per_set_and_per_stage_in_stage_order():
@@ -89,8 +122,9 @@ def test_an_infeasible_budget_names_the_smallest_feasible_one():
     assert "tiny" in msg and f"{smallest / 1e6:.3f}M params" in msg and "Raise" in msg
 
 
-def test_non_finite_coefficients_never_reach_scip():
+@pytest.mark.parametrize("method", METHODS)
+def test_non_finite_coefficients_never_reach_the_search(method):
     inst = random_instance(7)
     inst.blocks[0]["score"] = float("-inf")
     with pytest.raises(ValueError, match="non-finite"):
-        enumerate_assemblies(inst, 1e9, 1e12, n=1)
+        enumerate_assemblies(inst, 1e9, 1e12, n=1, method=method)

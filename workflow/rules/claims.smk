@@ -149,7 +149,7 @@ rule claims_random_cut_ranking:
         draw="[0-9]+",
     params:
         budget=lambda w: BUDGETS[w.budget],
-        reassembly={k: config["reassembly"][k] for k in ("max_candidates", "forbid")},
+        reassembly={k: config["reassembly"][k] for k in ("max_candidates", "forbid", "search")},
         proxy={**config["proxy"], "report_all": False},  # ranking needs only the chosen proxy
         stem=config["reassembly"]["stem"],
         init=config["stitching"]["init"],

@@ -7,7 +7,7 @@ rule reassembly_ilp:
         metrics="results/reassembly/{budget}/candidates.metrics.json",
     params:
         budget=lambda w: BUDGETS[w.budget],
-        cfg={k: config["reassembly"][k] for k in ("max_candidates", "forbid")},
+        cfg={k: config["reassembly"][k] for k in ("max_candidates", "forbid", "search")},
         seed=config["seed"],
     log:
         "results/logs/reassembly_ilp/{budget}.log",
