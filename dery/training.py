@@ -5,6 +5,9 @@ BatchNorm statistics too: frozen modules stay in eval mode, where the authors' c
 them drift) and trains stem, adapters and head. Model selection: the epoch with the best
 accuracy on the validation split carved from the target train set; the test set is only
 touched by ``accuracy`` on the final model, once.
+
+Device and processes come from a ``distributed.Runtime``; the default (one process, CPU) is the reference path
+and trains exactly as it did before GPUs and DDP were supported.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import distributed as DIST
 from .data import augment
 
 
@@ -28,6 +32,8 @@ class History:
     seconds: float = 0.0
     images_per_second: float = 0.0
     trainable_params: int = 0
+    device: str = "cpu"
+    processes: int = 1
 
 
 class _Frozen:
@@ -45,32 +51,48 @@ class _Frozen:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
+             runtime: DIST.Runtime | None = None) -> float:
+    """Top-1 accuracy; ``x`` stays on the CPU and goes to the model's device batch by batch. With a runtime of
+    several processes each rank scores its shard of ``x`` and the counts are summed: every rank gets the total."""
     model.eval()
+    rt = runtime or DIST.Runtime(next(model.parameters(), torch.empty(0)).device)
+    lo, hi = rt.shard(len(x))
     correct = 0
-    for s in range(0, len(x), batch_size):
-        correct += (model(x[s: s + batch_size]).argmax(1) == y[s: s + batch_size]).sum().item()
-    return correct / len(x)
+    for s in range(lo, hi, batch_size):
+        e = min(s + batch_size, hi)
+        with rt.autocast():
+            pred = model(x[s:e].to(rt.device, non_blocking=True)).argmax(1).cpu()
+        correct += (pred == y[s:e]).sum().item()
+    return rt.all_sum(correct) / len(x)
 
 
 def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, *,
         epochs: int, batch_size: int, lr: float, weight_decay: float, label_smoothing: float, warmup_epochs: float,
         seed: int, frozen: list[nn.Module] | None = None, name: str = "model", progress: bool = False,
-        resume: str | os.PathLike | None = None) -> History:
-    """Train in place; on return the model holds the weights of its best validation epoch.
+        resume: str | os.PathLike | None = None, runtime: DIST.Runtime | None = None) -> History:
+    """Train in place; on return the model holds the weights of its best validation epoch (on the runtime's device).
 
     With ``resume`` (a file path), the full training state (weights, optimiser, schedule, RNG,
     history, best weights) is saved there atomically after every epoch, and a run that finds
     the file continues from it: a killed job restarts from its last finished epoch and ends
     with the same weights as an uninterrupted run. The file is removed when training ends.
+
+    With a runtime of several processes (torchrun), every rank draws the single-process run's permutation and
+    augmentation, trains on its shard of each batch with the shard's loss weighted by its share of the batch
+    (DDP's gradient average is then the batch mean), validates its shard of ``val_x``, and only rank 0 writes
+    the resume file. The data tensors stay on the CPU; batches move to the device.
     """
     from tqdm.auto import tqdm
 
+    rt = runtime or DIST.Runtime()
+    DIST.check_split(len(train_x), batch_size, rt.world)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    model.to(rt.device)
     freezer = _Frozen(frozen or [])
     params = [p for p in model.parameters() if p.requires_grad]
-    hist = History(trainable_params=sum(p.numel() for p in params))
+    hist = History(trainable_params=sum(p.numel() for p in params), device=str(rt.device), processes=rt.world)
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
@@ -90,41 +112,55 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: t
         sched.load_state_dict(state["scheduler"])
         g.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], rt.device)
         best_state = state["best"]
         first_epoch = int(state["epoch"])
-        hist = History(**{**state["history"], "epochs": list(state["history"]["epochs"])})
+        hist = History(**{**state["history"], "epochs": list(state["history"]["epochs"]),
+                          "device": str(rt.device), "processes": rt.world})
+    net = rt.wrap(model)
     for epoch in range(first_epoch, epochs):
-        model.train()
+        net.train()
         freezer.apply()
         order = torch.randperm(len(train_x), generator=g)
         running, count = 0.0, 0
         for step in tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{epochs}", disable=not progress,
                          mininterval=10):
             idx = order[step * batch_size: (step + 1) * batch_size]
-            xb, yb = augment(train_x[idx], g), train_y[idx]
-            loss = loss_fn(model(xb), yb)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{name}: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+            xb, yb = augment(train_x[idx], g), train_y[idx]  # the whole batch on every rank: g stays in step
+            lo, hi = rt.shard(len(idx))
+            if rt.world > 1:
+                xb, yb = xb[lo:hi], yb[lo:hi]
+            with rt.autocast():
+                loss = loss_fn(net(xb.to(rt.device, non_blocking=True)), yb.to(rt.device, non_blocking=True))
+            if rt.world > 1:  # shard mean x its share x world: DDP's average over ranks is then the batch mean
+                loss = loss * ((hi - lo) * rt.world / len(idx))
+            batch_loss = rt.all_sum(loss.item() * len(idx) / rt.world) / len(idx) if rt.world > 1 else loss.item()
+            if not math.isfinite(batch_loss):  # the same verdict on every rank: none is left waiting in backward
+                raise FloatingPointError(f"{name}: loss is {batch_loss} at epoch {epoch + 1}, step {step + 1}; "
                                          "lower the learning rate in your params file.")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            running += loss.item() * len(idx)
+            running += batch_loss * len(idx)
             count += len(idx)
         seen += count
-        val = accuracy(model, val_x, val_y)
+        rt.sync_buffers(model)
+        val = accuracy(model, val_x, val_y, runtime=rt)
         hist.epochs.append({"epoch": epoch + 1, "train_loss": running / count, "val_acc": val,
                             "lr": opt.param_groups[0]["lr"]})
         if val > hist.best_val:
             hist.best_val, hist.best_epoch = val, epoch + 1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if resume is not None and epoch + 1 < epochs:
+        if resume is not None and epoch + 1 < epochs and rt.main:
             save_state(resume, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                 "scheduler": sched.state_dict(), "generator": g.get_state(),
                                 "torch_rng": torch.get_rng_state(), "best": best_state, "epoch": epoch + 1,
-                                "history": asdict(hist)})
-    if resume is not None:
+                                "history": asdict(hist),
+                                **({"cuda_rng": torch.cuda.get_rng_state(rt.device)} if rt.device.type == "cuda"
+                                   else {})})
+    if resume is not None and rt.main:
         Path(resume).unlink(missing_ok=True)
     hist.seconds = time.perf_counter() - start
     hist.images_per_second = seen / max(hist.seconds, 1e-9)

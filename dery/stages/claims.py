@@ -122,7 +122,8 @@ def random_assembly(costs_json: str, splits: str, ckpt_dir: str, feat_dir: str, 
     from .proxy import _proxy_data, score_candidate
 
     inst = R.instance_from_costs(_json(costs_json))
-    rng = np.random.default_rng([seed, 104729, draw, sum(map(ord, budget["name"]))])
+    # the arm's tag is part of the seed: two arms that index same-sized block lists must not draw the same indices
+    rng = np.random.default_rng([seed, 104729, draw, *map(ord, f"{budget['name']}/{tag}")])
     got = C.uniform_feasible(inst, budget["params_m"] * 1e6, budget["macs_m"] * 1e6, forbid, rng)
     if got is None:
         raise R.BudgetError(f"budget {budget['name']} admits no assembly on {costs_json}")

@@ -1,4 +1,8 @@
-"""Fine-tune assemblies (FZ/FT) and the baselines (zoo models, from scratch); test once."""
+"""Fine-tune assemblies (FZ/FT) and the baselines (zoo models, from scratch); test once.
+
+``finetune.device`` / ``finetune.amp`` choose where and in which precision; with ``finetune.processes: N`` each
+stage relaunches itself under torchrun (N processes, DDP) and rank 0 writes the outputs.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import data as D
+from .. import distributed as DIST
 from .. import reassembly as R
 from .. import stitching as ST
 from .. import tracking as T
@@ -15,19 +20,23 @@ from ._io import NUM_CLASSES, _images, _infos, _json, spec_seed
 
 
 def _train_eval(model, split: dict, cfg: dict, seed: int, frozen, name: str, resume: str):
+    """Train and test on ``finetune.device`` (every rank under torchrun); the model comes back on the CPU."""
+    rt = DIST.setup(cfg.get("device", "auto"), cfg.get("amp", False))
     ds = D.load_fashion_mnist(split["data_dir"])
     tx, ty = _images(split, "target_train", ds)
     vx, vy = _images(split, "target_val", ds)
     hist = TR.fit(model, tx, ty, vx, vy, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                   weight_decay=cfg["weight_decay"], label_smoothing=cfg["label_smoothing"],
-                  warmup_epochs=cfg["warmup_epochs"], seed=seed, frozen=frozen, name=name, progress=True,
-                  resume=resume)
+                  warmup_epochs=cfg["warmup_epochs"], seed=seed, frozen=frozen, name=name, progress=rt.main,
+                  resume=resume, runtime=rt)
     test_x, test_y = D.to_images(ds.test_x[: cfg["test_images"]]), torch.as_tensor(ds.test_y[: cfg["test_images"]])
-    return hist, TR.accuracy(model, test_x, test_y)
+    acc = TR.accuracy(model, test_x, test_y, runtime=rt)
+    model.cpu()  # artifacts, ONNX export and MAC counts run on the CPU
+    return hist, acc
 
 
 def _finetune_record(key: str, tags: dict, cfg: dict, hist: TR.History, test_acc: float, extra: dict) -> dict:
-    return T.record(key, {"stage": "finetune", **tags}, cfg,
+    return T.record(key, {"stage": "finetune", **tags, "device": hist.device, "processes": hist.processes}, cfg,
                     {"test_acc": test_acc, "val_acc": hist.best_val, "best_epoch": hist.best_epoch,
                      "trainable_params": hist.trainable_params, "seconds": hist.seconds,
                      "images_per_second": hist.images_per_second, **extra},
@@ -39,14 +48,16 @@ def _blocks_text(c: dict) -> str:
     return " > ".join(f"{b['model']}[{b['start']}-{b['end']}]" for b in c["blocks"])
 
 
+@DIST.torchrun
 def finetune_candidate(ranking_json: str, rank: int, protocol: str, splits: str, ckpt_dir: str, feat_dir: str,
                        cfg: dict, stem: str, init: str, seed: int, out_metrics: str, out_spec: str) -> None:
     doc = _json(ranking_json)
     budget = doc["budget"]["name"]
     key = f"finetune/{budget}/rank{rank}/{protocol}"
     if rank >= len(doc["candidates"]):  # fewer feasible assemblies than top_k: say so, train nothing
-        _write_skipped_artifact(out_spec, f"budget {budget} has only {len(doc['candidates'])} candidates")
-        Z.write_json(out_metrics, {"skip": True, "key": key})
+        if DIST.is_main():
+            _write_skipped_artifact(out_spec, f"budget {budget} has only {len(doc['candidates'])} candidates")
+            Z.write_json(out_metrics, {"skip": True, "key": key})
         return
     c = doc["candidates"][rank]
     infos = _infos(sorted({b["model"] for b in c["blocks"]}), ckpt_dir, feat_dir)
@@ -54,6 +65,8 @@ def finetune_candidate(ranking_json: str, rank: int, protocol: str, splits: str,
     frozen = asm.pretrained_modules() if protocol == "FZ" else []
     split = _json(splits)
     hist, acc = _train_eval(asm, split, cfg, seed, frozen, key, out_metrics + ".resume.pt")
+    if not DIST.is_main():
+        return
     _write_artifact(asm, out_spec, c, infos, ckpt_dir, split, cfg, seed, stem, init,
                     {"budget": budget, "budget_limits": doc["budget"], "rank": rank, "protocol": protocol,
                      "proxy": doc.get("proxy"), "test_acc": acc, "val_acc": hist.best_val,
@@ -97,18 +110,22 @@ def _write_skipped_artifact(out_spec: str, why: str) -> None:
     files.card.write_text(f"# No assembly at this rank\n\nNothing was fine-tuned: {why}.\n")
 
 
+@DIST.torchrun
 def finetune_zoo(ckpt: str, splits: str, cfg: dict, seed: int, out_metrics: str) -> None:
     model, meta = Z.load(ckpt)
     torch.manual_seed(seed)
     model.reset_classifier(NUM_CLASSES)
     macs = R.count_macs(model, 3, D.IMAGE_SIZE, D.IMAGE_SIZE)
     hist, acc = _train_eval(model, _json(splits), cfg, seed, [], f"zoo/{meta['id']}", out_metrics + ".resume.pt")
+    if not DIST.is_main():
+        return
     Z.write_json(out_metrics, _finetune_record(f"finetune/zoo/{meta['id']}/FT",
                                                {"kind": "zoo", "budget": "zoo", "protocol": "FT", "name": meta["id"],
                                                 "blocks": f"{meta['arch']} ({meta['source']})"},
                                                cfg, hist, acc, {"params": R.count_params(model), "macs": macs}))
 
 
+@DIST.torchrun
 def finetune_scratch(ranking_json: str, splits: str, ckpt_dir: str, feat_dir: str, zoo_specs: dict, cfg: dict,
                      stem: str, seed: int, out_metrics: str) -> None:
     """The best-ranked assembly's architecture, every weight freshly initialised, trained the same way (FT)."""
@@ -121,6 +138,8 @@ def finetune_scratch(ranking_json: str, splits: str, ckpt_dir: str, feat_dir: st
         info.model = Z.create(zoo_specs[m]["arch"], info.model.num_classes, zoo_specs[m].get("kwargs")).eval()
     asm, _ = ST.build(c, infos, NUM_CLASSES, stem, "random", spec_seed(seed + 1, c["id"]))
     hist, acc = _train_eval(asm, _json(splits), cfg, seed, [], f"scratch/{budget}", out_metrics + ".resume.pt")
+    if not DIST.is_main():
+        return
     Z.write_json(out_metrics, _finetune_record(f"finetune/{budget}/scratch/FT",
                                                {"kind": "scratch", "budget": budget, "protocol": "FT",
                                                 "name": f"scratch:{c['id']}", "blocks": _blocks_text(c)},

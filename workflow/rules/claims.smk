@@ -13,7 +13,7 @@ rule claims_finetune:
         splits="results/data/splits.json",
         ckpts=expand("results/zoo/{model}.safetensors", model=MODELS),
         feats=expand("results/features/{model}.npz", model=MODELS),
-        code=code("stages/claims", "stages/finetune", "training", "stitching"),
+        code=code("stages/claims", "stages/finetune", "training", "distributed", "stitching"),
     output:
         metrics="results/claims/finetune/{arm}/{budget}/slot{slot}_{protocol}_seed{seed}.metrics.json",
         spec="results/claims/finetune/{arm}/{budget}/slot{slot}_{protocol}_seed{seed}.json",
@@ -45,7 +45,7 @@ rule claims_scratch:
         splits="results/data/splits.json",
         ckpts=expand("results/zoo/{model}.safetensors", model=MODELS),
         metas=expand("results/features/{model}.json", model=MODELS),
-        code=code("stages/claims", "stages/finetune", "training", "stitching"),
+        code=code("stages/claims", "stages/finetune", "training", "distributed", "stitching"),
     output:
         metrics="results/claims/finetune/scratch/{budget}/seed{seed}.metrics.json",
     wildcard_constraints:
@@ -71,7 +71,7 @@ rule claims_zoo:
     input:
         ckpt="results/zoo/{model}.safetensors",
         splits="results/data/splits.json",
-        code=code("stages/claims", "stages/finetune", "training"),
+        code=code("stages/claims", "stages/finetune", "training", "distributed"),
     output:
         metrics="results/claims/finetune/zoo/{model}_seed{seed}.metrics.json",
     wildcard_constraints:

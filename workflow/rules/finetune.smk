@@ -4,7 +4,7 @@ rule finetune_assembly:
         splits="results/data/splits.json",
         ckpts=expand("results/zoo/{model}.safetensors", model=MODELS),
         feats=expand("results/features/{model}.npz", model=MODELS),
-        code=code("stages/finetune", "training", "stitching", "artifacts"),
+        code=code("stages/finetune", "training", "distributed", "stitching", "artifacts"),
     # the artifact dery.load_assembly reads: spec + weights + model card. The ONNX and TorchScript
     # exports are written beside them and recorded (with hashes) in the spec, not declared here:
     # a rank without a candidate has none, and an empty file would not be a model.
@@ -35,7 +35,7 @@ rule finetune_zoo:
     input:
         ckpt="results/zoo/{model}.safetensors",
         splits="results/data/splits.json",
-        code=code("stages/finetune", "training"),
+        code=code("stages/finetune", "training", "distributed"),
     output:
         metrics="results/finetune/zoo/{model}_FT.metrics.json",
     params:
@@ -58,7 +58,7 @@ rule finetune_scratch:
         splits="results/data/splits.json",
         ckpts=expand("results/zoo/{model}.safetensors", model=MODELS),
         metas=expand("results/features/{model}.json", model=MODELS),
-        code=code("stages/finetune", "training", "stitching"),
+        code=code("stages/finetune", "training", "distributed", "stitching"),
     output:
         metrics="results/finetune/{budget}/scratch_FT.metrics.json",
     params:
