@@ -200,30 +200,31 @@ def _best_first(inst: Instance, max_params: float, max_macs: float, n: int,
     return out
 
 
+def _solve(m, x, inst: Instance) -> dict[str, Any] | None:
+    """One SCIP solve of a built program: the chosen assembly, or None when nothing is feasible."""
+    m.optimize()
+    if m.getNSols() == 0 or m.getStatus() == "infeasible":
+        return None
+    chosen = sorted((b for b in inst.blocks if m.getVal(x[key(b)]) > 0.5), key=lambda b: b["stage"])
+    return _assembly(inst, chosen, m.getObjVal())
+
+
 def _scip_no_good(inst: Instance, max_params: float, max_macs: float, n: int, forbid: list[list[str]],
                   seed: int) -> list[dict[str, Any]]:
     m, x = _model(inst, max_params, max_macs, forbid, "typicality", seed)
     out = []
-    while len(out) < n:
-        m.optimize()
-        if m.getNSols() == 0 or m.getStatus() == "infeasible":
-            break
-        chosen = sorted((b for b in inst.blocks if m.getVal(x[key(b)]) > 0.5), key=lambda b: b["stage"])
-        out.append(_assembly(inst, chosen, m.getObjVal()))
+    while len(out) < n and (got := _solve(m, x, inst)) is not None:
+        out.append(got)
         m.freeTransform()
-        m.addCons(sum(x[key(b)] for b in chosen) <= len(chosen) - 1)  # no-good cut
+        used = [x[key(b)] for b in got["blocks"]]
+        m.addCons(sum(used) <= len(used) - 1)  # no-good cut
     return out
 
 
 def solve_optimal(inst: Instance, max_params: float, max_macs: float, forbid: list[list[str]] | None = None,
                   seed: int = 0) -> dict[str, Any] | None:
     """The best assembly by the surrogate, from one SCIP solve (None if the budget admits none)."""
-    m, x = _model(inst, max_params, max_macs, forbid or [], "typicality", seed)
-    m.optimize()
-    if m.getNSols() == 0 or m.getStatus() == "infeasible":
-        return None
-    chosen = sorted((b for b in inst.blocks if m.getVal(x[key(b)]) > 0.5), key=lambda b: b["stage"])
-    return _assembly(inst, chosen, m.getObjVal())
+    return _solve(*_model(inst, max_params, max_macs, forbid or [], "typicality", seed), inst)
 
 
 def _infeasible_message(inst, max_params, max_macs, forbid, seed, budget_name) -> str:
