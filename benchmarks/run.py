@@ -6,7 +6,7 @@ Prints one Markdown table (row, what, dery, baseline/limit, ratio, target, met?)
 each row below it. Ratios are measured side by side in one run (variants interleaved, medians of
 repeats), so load from other work on the machine hits both sides alike; absolute times depend on it.
 Rows: 1 features, 2 similarity, 3 partition, 4 reassembly ILP, 5 proxy, 6 whole pipeline
-(Snakemake, in a temporary copy of the project), 7 training throughput.
+(Snakemake, in a temporary copy of the project), 7 training throughput, 8 strict reproducibility (cost, identity).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import Result, Row  # noqa: E402
 
 ROWS = {1: "bench_features", 2: "bench_similarity", 3: "bench_partition", 4: "bench_reassembly",
-        5: "bench_proxy", 6: "bench_pipeline", 7: "bench_training"}
+        5: "bench_proxy", 6: "bench_pipeline", 7: "bench_training", 8: "bench_repro"}
 
 
 def table(rows: list[Row]) -> str:

@@ -483,7 +483,10 @@ def model_card(spec: dict[str, Any]) -> str:
              f"A network reassembled by dery {spec['software']['dery']} (Deep Model Reassembly, Yang et al., NeurIPS "
              f"2022) from {len(spec['blocks'])} pretrained blocks of {len(src)} source model(s), joined by 1x1-conv "
              f"adapters, then fine-tuned "
-             + ("with the pretrained blocks frozen (FZ: stem, adapters and head trained)." if spec.get("protocol") == "FZ"
+             + (("with the pretrained blocks frozen (FZ: adapters and head trained; the first block's own stem frozen too)."
+                 if spec.get("stem") == "own" else
+                 "with the pretrained blocks frozen (FZ: the fresh stem, adapters and head trained).")
+                if spec.get("protocol") == "FZ"
                 else "with every weight trained (FT)."), "",
              "## Use", "", "```python", "import dery", f'model = dery.load_assembly("{name}")  # torch.nn.Module, eval mode',
              'logits = model(dery.preprocess("image.png", model.dery_spec))',

@@ -113,6 +113,10 @@ def semantic_problems(config: dict, workdir: Path) -> list[str]:
     if config["finetune"]["top_k"] > config["reassembly"]["max_candidates"]:
         problems.append(f"`finetune.top_k` = {config['finetune']['top_k']} exceeds `reassembly.max_candidates` = "
                         f"{config['reassembly']['max_candidates']}; lower top_k or raise max_candidates.")
+    for pair in config["reassembly"]["forbid"]:
+        if len({"family" if x in ("cnn", "transformer") else "layout" for x in pair}) > 1:
+            problems.append(f"`reassembly.forbid` pair {pair} mixes a model family with a tensor layout; write "
+                            "[transformer, cnn] (families, the authors' rule) or [tokens, maps] (layouts).")
     if config["data"].get("dataset"):  # an ImageFolder dataset instead of Fashion-MNIST (dery/datasets.py)
         from .datasets import folder_problems
 

@@ -200,7 +200,60 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("verify", help="check that code, params and every DVC-tracked file match dvc.lock")
     f = sub.add_parser("fetch-data", help="Fashion-MNIST into a folder (dvc.yaml's fashion_mnist stage)")
     f.add_argument("dest")
+    g = sub.add_parser("fingerprint", help="compare two runs' results/fingerprint.json: the first stage that differs")
+    g.add_argument("a")
+    g.add_argument("b")
+    t = sub.add_parser("stability", help="partition and candidates across partition seeds (and against another run)")
+    t.add_argument("--params", default=DEFAULT_PARAMS)
+    t.add_argument("--results", default="results")
+    t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    t.add_argument("--other", help="another finished run's results/ folder to compare with")
+    t.add_argument("--out", default="results/stability.md")
+    e = sub.add_parser("repro-env", help="print the environment strict mode sets (to run a stage outside snakemake)")
+    e.add_argument("--params", default=DEFAULT_PARAMS)
     return p
+
+
+def _filled(params_file: str) -> dict:
+    """The params file with the schema's defaults filled in, as the workflow sees it."""
+    from snakemake.utils import validate
+
+    cfg = _params(params_file)
+    validate(cfg, str(Path(__file__).resolve().parents[1] / "workflow/schemas/params.schema.yaml"))
+    return cfg
+
+
+def stability(params_file: str, results: str, seeds: list[int], other: str | None, out: str) -> str:
+    from . import stability as ST
+
+    cfg = _filled(params_file)
+    if not (Path(results) / "similarity").is_dir():
+        raise CliError(f"{results}/similarity not found; run `snakemake --cores all` first (or pass --results).")
+    rows = ST.across_seeds(results, {"partition": cfg["partition"], "stem": cfg["reassembly"]["stem"],
+                                     "reassembly": cfg["reassembly"], "seed": cfg["seed"]},
+                           cfg["reassembly"]["budgets"], seeds)
+    md = ST.markdown(rows, ST.between_runs(results, other) if other else None, cfg["name"])
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(md)
+    return md
+
+
+def fingerprint_diff(a: str, b: str) -> tuple[bool, str]:
+    import json
+
+    from . import fingerprint as FP
+
+    docs = []
+    for path in (a, b):
+        try:
+            docs.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read {path} ({exc}); give two results/fingerprint.json files "
+                           "(snakemake writes one per run).") from None
+    first, lines = FP.compare(*docs)
+    head = ("identical: every stage has the same hash" if first is None else
+            f"the runs first differ at stage `{first}` (every stage before it is bit-identical)")
+    return first is None, "\n".join([head, *lines])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,6 +271,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("verified: code, params and every DVC-tracked file match dvc.lock")
         elif args.command == "fetch-data":
             print(fetch_data(args.dest))
+        elif args.command == "fingerprint":
+            same, text = fingerprint_diff(args.a, args.b)
+            print(text)
+            return 0 if same else 3
+        elif args.command == "stability":
+            print(stability(args.params, args.results, args.seeds, args.other, args.out), end="")
+        elif args.command == "repro-env":
+            from . import repro
+
+            for k, v in repro.environment(repro.settings(_params(args.params))).items():
+                print(f"export {k}='{v}'")
     except CliError as exc:
         print(f"dery {args.command}: {exc}", file=sys.stderr)
         return 1

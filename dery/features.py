@@ -336,8 +336,26 @@ def pooled_features(model: nn.Module, tr: Trace, images, batch_size: int = 256, 
                         [tr.in_shapes[0]] + list(tr.out_shapes), [stem_fmt] + fmts, tr)
 
 
+FAMILIES = ("cnn", "transformer")
+
+
+def _has_attention(m: nn.Module) -> bool:
+    return any(isinstance(x, nn.MultiheadAttention) or "Attention" in type(x).__name__ for x in m.modules())
+
+
+def node_family(model: nn.Module, name: str, fmt: str) -> str:
+    """'transformer' for a node that attends (ViT, DeiT, Swin, MobileViT blocks) or runs on tokens, else 'cnn'.
+
+    The authors' `check_valid` rule is about model families (CNN -> Transformer only, Swin being a Transformer),
+    not about tensor layouts: Swin's NHWC maps are a Transformer's.
+    """
+    return "transformer" if fmt == "NLC" or _has_attention(model.get_submodule(name)) else "cnn"
+
+
 def describe(model: nn.Module, nf: NodeFeatures, tr: Trace) -> dict:
     """The JSON-able dissection of a model that building assemblies needs (results/features/{model}.json)."""
+    fams = [node_family(model, n, f) for n, f in zip(tr.nodes, nf.fmt[1:])]
     return {"names": nf.names, "glue": tr.glue, "stem_modules": tr.stem_modules,
             "in_shapes": [list(s) for s in nf.in_shapes], "out_shapes": [list(s) for s in nf.out_shapes],
-            "fmt": nf.fmt, "num_prefix_tokens": int(getattr(model, "num_prefix_tokens", 0) or 0)}
+            "fmt": nf.fmt, "family": [fams[0]] + fams,  # the stem takes its first node's family
+            "num_prefix_tokens": int(getattr(model, "num_prefix_tokens", 0) or 0)}

@@ -29,16 +29,22 @@ calls the ``*_score(features, labels)`` functions directly.
   matrix of the input-Jacobians of the summed outputs over one batch (the first: the reference
   scores a single minibatch, and a backward pass per batch would double the proxy stage's
   cost); score -Σ log(λ + k) + 1/(λ + k) over its eigenvalues, k = 1e-5. Train mode.
-- ``synflow`` (Tanaka et al., NeurIPS 2020; foresight's ``compute_synflow_per_weight``): in
-  float64 with every parameter replaced by its absolute value and BatchNorm statistics
-  neutralised (mean 0, var 1, as the reference's BN-free copy), one all-ones input; the score
-  is log Σ θ ⊙ ∂R/∂θ over conv and linear weights, R the summed output (log for scale only).
+- ``synflow`` (Tanaka et al., NeurIPS 2020), as the zero-cost-proxies reference (``foresight``'s ``synflow``,
+  ``bn=False``): a copy of the network in float64 with every floating state entry replaced by its absolute
+  value, normalisation removed (the reference makes each BatchNorm's forward the identity, statistics and
+  affine parameters alike; we do the same to GroupNorm/LayerNorm/RMSNorm, which rescale by data statistics
+  just as BN does and so break the path sum R = 1ᵀ∏|W|1 that SynFlow measures; timm's norm+act layers keep
+  their activation), one all-ones input, R = Σ output, score Σ |θ ⊙ ∂R/∂θ| over the weights of Conv2d and
+  Linear layers. We report its log (monotone, so rankings and Kendall τ are the reference's; the sum grows
+  exponentially with depth) and run in eval mode (dropout and drop-path off, so the score is deterministic;
+  the reference's networks have neither).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import math
+import types
 
 import numpy as np
 import torch
@@ -284,23 +290,30 @@ def jacov(model: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tens
 
 # --------------------------------------------------------------------------------- SynFlow
 
+NORMS = tuple(t for t in (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, getattr(nn, "RMSNorm", None))
+              if t is not None)
+
+
+def _no_norm(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A normalisation layer without its normalisation; timm's ``*Act`` norms still apply their drop and act."""
+    return self.act(self.drop(x)) if hasattr(self, "act") and hasattr(self, "drop") else x
+
+
 def synflow(model: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tensor] | None = None) -> float:
     net = copy.deepcopy(model).double().eval()
     with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_var is not None:
-                m.running_mean.zero_()
-                m.running_var.fill_(1.0)
-        for p in net.parameters():
-            p.abs_()
+        for v in net.state_dict().values():  # the reference's linearize(): parameters and buffers
+            if v.is_floating_point():
+                v.abs_()
+    for m in net.modules():
+        if isinstance(m, NORMS):
+            m.forward = types.MethodType(_no_norm, m)
     for p in net.parameters():
         p.requires_grad_(True)
-    x = torch.ones((1, *batches[0].shape[1:]), dtype=torch.float64)
-    net(x).sum().backward()
-    total = 0.0
-    for m in net.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.grad is not None:
-            total += float((m.weight.detach() * m.weight.grad).sum())
+        p.grad = None  # a deep copy carries the model's own gradients
+    net(torch.ones((1, *batches[0].shape[1:]), dtype=torch.float64)).sum().backward()
+    total = sum(float((m.weight.detach() * m.weight.grad).abs().sum()) for m in net.modules()
+                if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.grad is not None)
     return math.log(total) if total > 0 else float("-inf")
 
 

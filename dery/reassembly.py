@@ -4,7 +4,15 @@ Variables: x_b = 1 if block b is used; the block's position in the assembly is i
 index. Constraints: exactly one block per equivalence set and one per stage position;
 parameter and MAC budgets, counting blocks at their native input size, the stem, the head
 and the adapter between each consecutive pair (linearised with pair variables y);
-forbidden format transitions (the paper allows CNN -> Transformer only).
+forbidden transitions (``forbid``): by model family as the authors' ``check_valid`` (CNN ->
+Transformer allowed, Transformer -> CNN never, Swin being a Transformer), or by tensor layout
+(``tokens``/``maps``) as an option. A block is placed at its stage index (paper: "blocks are
+arranged by stage index"); its set only counts towards "one block per set", so a model whose
+sets come out of depth order still contributes each block at its own depth.
+
+An assembly whose blocks are one model's own blocks in order is that zoo model with a new head,
+not a reassembly: ``single_model="drop"`` (default) excludes it (the zoo baselines already
+train every zoo model), ``"keep"`` keeps it, labelled by ``single_model(blocks)``.
 
 Cost convention: MACs (one multiply-accumulate = 1), as the paper's budgets (mmcv counts
 MACs). ``torch.utils.flop_counter`` counts 2 FLOPs per MAC, so we halve its total.
@@ -79,9 +87,42 @@ class Instance:
         return p, m
 
 
+FAMILIES, LAYOUTS = ("cnn", "transformer"), ("maps", "tokens")
+
+
+def _kind(block: dict[str, Any], end: str, vocabulary: str) -> str:
+    if vocabulary == "layout":
+        return "tokens" if block[f"fmt_{end}"] == "NLC" else "maps"
+    if f"fam_{end}" not in block:
+        raise ValueError(f"block {key(block)} has no model family (block costs written before dery knew families); "
+                         "re-run the features and block_costs stages (snakemake re-runs them when their code changed).")
+    return block[f"fam_{end}"]
+
+
 def allowed(a: dict[str, Any], b: dict[str, Any], forbid: list[list[str]]) -> bool:
-    kind = lambda fmt: "tokens" if fmt == "NLC" else "maps"  # noqa: E731
-    return [kind(a["fmt_out"]), kind(b["fmt_in"])] not in forbid
+    """May block ``b`` follow block ``a``? ``forbid`` holds [from, to] pairs of families or of layouts."""
+    for src, dst in forbid:
+        vocabulary = "family" if src in FAMILIES else "layout"
+        if [_kind(a, "out", vocabulary), _kind(b, "in", vocabulary)] == [src, dst]:
+            return False
+    return True
+
+
+def single_model(blocks: list[dict[str, Any]]) -> str | None:
+    """The model id when ``blocks`` are one model's consecutive blocks (that zoo model re-headed), else None."""
+    models = {b["model"] for b in blocks}
+    if len(models) != 1 or any(a["end"] + 1 != b["start"] for a, b in zip(blocks, blocks[1:])):
+        return None
+    return blocks[0]["model"]
+
+
+def _single_model_chains(inst: "Instance") -> list[list[dict[str, Any]]]:
+    """Every assembly of the instance that is one model's blocks in order (one per stage, consecutive)."""
+    out = []
+    for m in sorted({b["model"] for b in inst.blocks}):
+        per_stage = [[b for b in inst.blocks if b["model"] == m and b["stage"] == s] for s in range(inst.k)]
+        out += [list(c) for c in itertools.product(*per_stage) if single_model(list(c))]
+    return out
 
 
 def _check_finite(inst: Instance) -> None:
@@ -93,7 +134,7 @@ def _check_finite(inst: Instance) -> None:
 
 
 def _model(inst: Instance, max_params: float | None, max_macs: float | None, forbid: list[list[str]],
-           objective: str, seed: int):
+           objective: str, seed: int, keep_single: bool = False):
     from pyscipopt import Model, quicksum
 
     _check_finite(inst)
@@ -127,6 +168,9 @@ def _model(inst: Instance, max_params: float | None, max_macs: float | None, for
                 + quicksum(inst.stem[key(b)][field] * x[key(b)] for b in by_stage[0])
                 + quicksum(inst.head[key(b)][field] * x[key(b)] for b in by_stage[inst.k - 1]))
 
+    if not keep_single:  # a zoo model re-headed is no reassembly: cut each such chain off
+        for chain in _single_model_chains(inst):
+            m.addCons(quicksum(x[key(b)] for b in chain) <= len(chain) - 1, name=f"not_only[{chain[0]['model']}]")
     if max_params is not None:
         m.addCons(cost("params") <= max_params, name="params_budget")
     if max_macs is not None:
@@ -141,28 +185,29 @@ def _model(inst: Instance, max_params: float | None, max_macs: float | None, for
 def _assembly(inst: Instance, chosen: list[dict[str, Any]], surrogate: float) -> dict[str, Any]:
     params, macs = inst.totals(chosen)
     return {"blocks": [{f: b[f] for f in ("model", "stage", "start", "end", "set")} for b in chosen],
-            "params": params, "macs": macs, "surrogate": surrogate}
+            "params": params, "macs": macs, "surrogate": surrogate, "single_model": single_model(chosen)}
 
 
 def enumerate_assemblies(inst: Instance, max_params: float, max_macs: float, n: int,
                          forbid: list[list[str]] | None = None, seed: int = 0,
-                         budget_name: str = "budget", method: str = "best_first") -> list[dict[str, Any]]:
+                         budget_name: str = "budget", method: str = "best_first",
+                         keep_single: bool = False) -> list[dict[str, Any]]:
     """Up to ``n`` distinct feasible assemblies, best surrogate first. Raises BudgetError if none."""
     forbid = forbid or []
     _check_finite(inst)
     if method == "best_first":
-        out = _best_first(inst, max_params, max_macs, n, forbid)
+        out = _best_first(inst, max_params, max_macs, n, forbid, keep_single)
     elif method == "scip":
-        out = _scip_no_good(inst, max_params, max_macs, n, forbid, seed)
+        out = _scip_no_good(inst, max_params, max_macs, n, forbid, seed, keep_single)
     else:
         raise ValueError(f"unknown enumeration method {method!r}; use 'best_first' or 'scip'.")
     if not out:
-        raise BudgetError(_infeasible_message(inst, max_params, max_macs, forbid, seed, budget_name))
+        raise BudgetError(_infeasible_message(inst, max_params, max_macs, forbid, seed, budget_name, keep_single))
     return out
 
 
 def _best_first(inst: Instance, max_params: float, max_macs: float, n: int,
-                forbid: list[list[str]]) -> list[dict[str, Any]]:
+                forbid: list[list[str]], keep_single: bool = False) -> list[dict[str, Any]]:
     k = inst.k
     stages = [sorted((b for b in inst.blocks if b["stage"] == s), key=key) for s in range(k)]
     # What the stages from s on can still add: at most the best scores, at least the cheapest block with its
@@ -182,7 +227,9 @@ def _best_first(inst: Instance, max_params: float, max_macs: float, n: int,
         neg, idx, used, p, m, score = heapq.heappop(heap)
         s = len(idx)
         if s == k:
-            out.append(_assembly(inst, [stages[t][i] for t, i in enumerate(idx)], score))
+            chosen = [stages[t][i] for t, i in enumerate(idx)]
+            if keep_single or not single_model(chosen):
+                out.append(_assembly(inst, chosen, score))
             continue
         prev = stages[s - 1][idx[-1]] if s else None
         for i, b in enumerate(stages[s]):
@@ -210,8 +257,8 @@ def _solve(m, x, inst: Instance) -> dict[str, Any] | None:
 
 
 def _scip_no_good(inst: Instance, max_params: float, max_macs: float, n: int, forbid: list[list[str]],
-                  seed: int) -> list[dict[str, Any]]:
-    m, x = _model(inst, max_params, max_macs, forbid, "typicality", seed)
+                  seed: int, keep_single: bool = False) -> list[dict[str, Any]]:
+    m, x = _model(inst, max_params, max_macs, forbid, "typicality", seed, keep_single)
     out = []
     while len(out) < n and (got := _solve(m, x, inst)) is not None:
         out.append(got)
@@ -222,17 +269,18 @@ def _scip_no_good(inst: Instance, max_params: float, max_macs: float, n: int, fo
 
 
 def solve_optimal(inst: Instance, max_params: float, max_macs: float, forbid: list[list[str]] | None = None,
-                  seed: int = 0) -> dict[str, Any] | None:
+                  seed: int = 0, keep_single: bool = False) -> dict[str, Any] | None:
     """The best assembly by the surrogate, from one SCIP solve (None if the budget admits none)."""
-    return _solve(*_model(inst, max_params, max_macs, forbid or [], "typicality", seed), inst)
+    return _solve(*_model(inst, max_params, max_macs, forbid or [], "typicality", seed, keep_single), inst)
 
 
-def _infeasible_message(inst, max_params, max_macs, forbid, seed, budget_name) -> str:
+def _infeasible_message(inst, max_params, max_macs, forbid, seed, budget_name, keep_single=False) -> str:
     parts = []
     for field, other, limit, unit in (("params", max_macs, max_params, "params"), ("macs", max_params, max_macs, "MACs")):
         for constrained in (True, False):
             m, _ = _model(inst, None if field == "params" else (max_params if constrained else None),
-                          None if field == "macs" else (max_macs if constrained else None), forbid, field, seed)
+                          None if field == "macs" else (max_macs if constrained else None), forbid, field, seed,
+                          keep_single)
             m.optimize()
             if m.getNSols():
                 cond = " within the other limit" if constrained else " (ignoring the other limit)"
@@ -245,12 +293,13 @@ def _infeasible_message(inst, max_params, max_macs, forbid, seed, budget_name) -
             f"assembly: {'; '.join(parts)}. Raise `params_m`/`macs_m` of this budget in your params file.")
 
 
-def brute_force(inst: Instance, max_params: float, max_macs: float, forbid: list[list[str]] | None = None):
+def brute_force(inst: Instance, max_params: float, max_macs: float, forbid: list[list[str]] | None = None,
+                keep_single: bool = False):
     """Every feasible assembly by exhaustive product (the test oracle for tiny instances)."""
     forbid = forbid or []
     by_stage = [[b for b in inst.blocks if b["stage"] == s] for s in range(inst.k)]
     for combo in itertools.product(*by_stage):
-        if len({b["set"] for b in combo}) != inst.k:
+        if len({b["set"] for b in combo}) != inst.k or (not keep_single and single_model(list(combo))):
             continue
         if not all(allowed(a, b, forbid) for a, b in zip(combo, combo[1:])):
             continue
@@ -278,7 +327,8 @@ def compute_costs(partition: dict[str, Any], infos: dict[str, Any], num_classes:
         blocks.append(dict(model=b["model"], stage=b["stage"], start=b["start"], end=b["end"], set=b["set"],
                            score=b["anchor_similarity"], params=count_params(seg),
                            macs=count_macs(seg, *info.meta["out_shapes"][b["start"] - 1]),
-                           fmt_in=src.fmt, fmt_out=dst.fmt))
+                           fmt_in=src.fmt, fmt_out=dst.fmt,
+                           fam_in=info.meta["family"][b["start"]], fam_out=info.meta["family"][b["end"]]))
     stems, heads, pairs = {}, {}, {}
     for b in blocks:
         info = infos[b["model"]]

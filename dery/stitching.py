@@ -103,14 +103,21 @@ class Stitch(nn.Module):
 
 
 class FreshStem(nn.Module):
-    """A new, randomly initialised stem producing the first block's native input (as the paper)."""
+    """A new, randomly initialised stem: the paper's ``Conv2d(in_chans, C, 7, 2, 3, bias=False) -> BN -> ReLU ->
+    MaxPool2d(3, 2, 1)`` (DeRy's ``base``), C = the first block's input channels.
+
+    Our addition: its output (1/4 of the image side) is resized deterministically to the first block's native
+    grid and put into that block's format (tokens for a ViT or Swin first block), as an adapter would, because
+    our images are small (32 px: the paper's stem gives 8x8 where it gave 56x56 at 224 px) and a block may start
+    at any node. ``image_size`` is accepted for the callers' signature; the stem itself is size-agnostic.
+    """
 
     def __init__(self, dst: Port, image_size: int = 32, in_chans: int = 3):
         super().__init__()
-        stride = max(1, image_size // dst.grid[0])
         self.dst = dst
-        self.body = nn.Sequential(nn.Conv2d(in_chans, dst.channels, stride, stride, bias=False),
-                                  nn.BatchNorm2d(dst.channels), nn.ReLU(inplace=True))
+        self.body = nn.Sequential(nn.Conv2d(in_chans, dst.channels, 7, stride=2, padding=3, bias=False),
+                                  nn.BatchNorm2d(dst.channels), nn.ReLU(inplace=True),
+                                  nn.MaxPool2d(3, stride=2, padding=1))
 
     def forward(self, x):
         return from_map(resize(self.body(x), self.dst.grid), self.dst.fmt)
@@ -143,7 +150,10 @@ class Assembly(nn.Module):
         return self.head(self.forward_features(x))
 
     def pretrained_modules(self) -> list[nn.Module]:
-        return list(self.blocks)
+        """What FZ freezes: the pretrained blocks and, with ``stem: own``, the pretrained stem they came with.
+
+        A ``FreshStem`` is new and random, so it trains (with adapters and head), as the paper's FZ."""
+        return ([self.stem] if isinstance(self.stem, F.OwnStem) else []) + list(self.blocks)
 
 
 # ---------------------------------------------------------------- building from results/ files

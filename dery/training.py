@@ -1,10 +1,10 @@
 """Pretraining and fine-tuning: AdamW, warm-up + cosine, label smoothing, seeded augmentation.
 
-Protocols (paper §4): FT trains every weight; FZ freezes the pretrained blocks (their
-BatchNorm statistics too: frozen modules stay in eval mode, where the authors' code let
-them drift) and trains stem, adapters and head. Model selection: the epoch with the best
-accuracy on the validation split carved from the target train set; the test set is only
-touched by ``accuracy`` on the final model, once.
+Protocols (paper §4): FT trains every weight; FZ freezes what is pretrained (``Assembly.pretrained_modules``:
+the blocks, and the stem when it is the first model's own) with their BatchNorm statistics (frozen modules stay
+in eval mode, where the authors' code let them drift) and trains the new parts: adapters, head and a fresh stem.
+Model selection: the epoch with the best accuracy on the validation split carved from the target train set; the
+test set is only touched by ``accuracy`` on the final model, once.
 
 Device and processes come from a ``distributed.Runtime``; the default (one process, CPU) is the reference path
 and trains exactly as it did before GPUs and DDP were supported.

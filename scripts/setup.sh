@@ -31,10 +31,10 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 if ! .venv/bin/python -c "import dery, snakemake, pyscipopt, mlflow, timm, pytest" 2>/dev/null \
-   || [ pyproject.toml -nt .venv/.dery-installed ]; then
+   || [ pyproject.toml -nt .venv/.dery-installed ] || [ requirements.lock -nt .venv/.dery-installed ]; then
   echo "setup: installing dery and its dependencies into .venv (first time: several minutes, torch is large)"
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+  # requirements.lock pins every package to the version the README's numbers came from
+  .venv/bin/python -m pip install -q -c requirements.lock -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import dery, snakemake, pyscipopt, mlflow, timm, pytest"
   touch .venv/.dery-installed
 fi

@@ -29,7 +29,7 @@ def one_thread():
 
 
 def test_every_row_module_imports_and_has_run():
-    assert sorted(ROWS) == [1, 2, 3, 4, 5, 6, 7]
+    assert sorted(ROWS) == [1, 2, 3, 4, 5, 6, 7, 8]
     for name in ROWS.values():
         assert callable(importlib.import_module(f"benchmarks.{name}").run)
 
@@ -135,3 +135,13 @@ def test_cheap_rows_run_tiny_and_the_table_has_all_seven_rows(smoke_params, tmp_
     md = table(rows)
     assert {int(m) for m in re.findall(r"^\| (\d) \|", md, flags=re.M)} == set(range(1, 8))
     assert all(line.count("|") == 8 for line in md.splitlines())
+
+
+def test_row_8_strict_mode_is_identical_across_instruction_sets_and_costs_are_measured():
+    from benchmarks import bench_repro
+
+    res = bench_repro.run(quick=True, params={}, tiny=True)
+    strict = [r for r in res.rows if r.what.startswith("... strict mode")][0]
+    assert strict.met == "yes", strict
+    costs = [r for r in res.rows if r.what.startswith("strict mode cost")]
+    assert len(costs) == 3 and all(r.ratio.endswith("x") for r in costs)

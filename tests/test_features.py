@@ -89,3 +89,14 @@ def test_non_finite_features_stop_extraction_naming_the_node(x):
         model.get_submodule("layer2.1.conv2").weight[0, 0, 0, 0] = float("nan")  # a broken checkpoint
     with pytest.raises(FloatingPointError, match=r"non-finite features at node layer2\.1"):
         F.extract(model, x)
+
+
+@pytest.mark.parametrize("arch,family", [("resnet18", "cnn"), ("convnext_atto", "cnn"), ("mobilenetv3_small_050", "cnn"),
+                                         ("vit_tiny_patch16_224", "transformer"),
+                                         ("swin_tiny_patch4_window7_224", "transformer")])
+def test_every_node_knows_its_family_and_swin_maps_are_a_transformers(arch, family, x):
+    """The transition rule (CNN -> Transformer only) is by family: Swin's NHWC maps come from attention."""
+    model = timm.create_model(arch, num_classes=10, **FAMILIES[arch][0]).eval()
+    tr = F.trace(model, x[:2])
+    meta = F.describe(model, F.pooled_features(model, tr, x, batch_size=4), tr)
+    assert set(meta["family"]) == {family} and len(meta["family"]) == len(meta["names"])

@@ -1,4 +1,6 @@
 """NASWOT against a direct computation from its definition."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -125,11 +127,16 @@ def test_jacov_of_identical_jacobians_is_penalised_and_of_orthogonal_ones_is_not
 
 
 def test_jacov_matches_a_direct_jacobian():
+    """The batched backward against one Jacobian per image, in float64, where the tolerance can be derived: the
+    score (-2e5) is steepest at the two eigenvalues that are exactly 0 (6 Jacobians of 5 inputs: rank 4), slope
+    1/k² = 1e10, and eigvalsh finds them within ~n·u·‖C‖ ≤ 6·2⁻⁵³·6 = 4e-15, so even exact Jacobians leave 8e-5 of
+    play, 4e-10 of the score. 1e-9 holds on any instruction set (measured 1e-12 to 9e-12). In float32 the
+    Jacobians' own round-off moves the small nonzero eigenvalues enough for 7.7e-8 to 1.0e-7."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
-    x = torch.randn(6, 5)
+    net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x = torch.randn(6, 5, dtype=torch.float64)
     jac = torch.stack([torch.autograd.functional.jacobian(lambda v: net(v[None]).sum(), xi) for xi in x])
-    assert PX.jacov(net, [x]) == pytest.approx(PX.jacov_from_jacobians(jac.numpy()), rel=1e-6)
+    assert PX.jacov(net, [x]) == pytest.approx(PX.jacov_from_jacobians(jac.numpy()), rel=1e-9)
 
 
 def test_synflow_of_a_linear_chain_is_the_log_of_its_path_sum():
@@ -137,8 +144,52 @@ def test_synflow_of_a_linear_chain_is_the_log_of_its_path_sum():
     net = nn.Sequential(nn.Linear(3, 4, bias=False), nn.ReLU(), nn.Linear(4, 2, bias=False))
     w1, w2 = net[0].weight.detach().abs().double(), net[2].weight.detach().abs().double()
     r = (w2 @ w1 @ torch.ones(3, dtype=torch.float64)).sum()  # R = 1ᵀ|W2||W1|1; each layer's θ·∂R/∂θ sums to R
-    assert PX.synflow(net, [torch.randn(2, 3)]) == pytest.approx(np.log(2 * float(r)), rel=1e-10)
+    assert PX.synflow(net, [torch.randn(2, 3)]) == pytest.approx(np.log(2 * float(r)), rel=1e-12)
     assert net[0].weight.min() < 0, "the model itself is left untouched"
+
+
+def _perturbed(norm: nn.Module) -> nn.Module:
+    """A norm layer whose statistics and affine parameters would change any score that kept them."""
+    with torch.no_grad():
+        for name, t in [*norm.named_parameters(), *norm.named_buffers()]:
+            if t.is_floating_point():
+                t.copy_(torch.full_like(t, 0.01) if "var" in name else torch.linspace(-3.0, 5.0, t.numel()).view_as(t))
+    return norm.train(False)
+
+
+@pytest.mark.parametrize("norm", [lambda: nn.BatchNorm1d(4), lambda: nn.LayerNorm(4),
+                                  lambda: nn.GroupNorm(2, 4)], ids=["batchnorm", "layernorm", "groupnorm"])
+def test_synflow_removes_normalisation_as_the_bn_free_reference(norm):
+    """Linear(3, 4) -> norm -> ReLU -> Dropout -> Linear(4, 2) scored by hand: with θ = |θ|, no normalisation and
+    a ones input, h = |W1|1 + |b1| ≥ 0 passes the ReLU, R = 1ᵀ|W2|h, and Σ|θ ⊙ ∂R/∂θ| over the two weights is
+    1ᵀ|W2|h (W2) + 1ᵀ|W2||W1|1 (W1); the bias is in the network but not scored, dropout is off."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), _perturbed(norm()), nn.ReLU(), nn.Dropout(0.5),
+                        nn.Linear(4, 2, bias=False))
+    w1, b1, w2 = (t.detach().abs().double() for t in (net[0].weight, net[0].bias, net[4].weight))
+    one, c = torch.ones(3, dtype=torch.float64), w2.sum(0)  # c = 1ᵀ|W2|
+    want = float(c @ (w1 @ one + b1) + c @ w1 @ one)
+    assert PX.synflow(net, [torch.randn(2, 3)]) == pytest.approx(math.log(want), rel=1e-12)
+
+
+def test_synflow_scores_the_absolute_products_and_keeps_the_activation_of_timm_norm_act_layers():
+    """|θ ⊙ ∂R/∂θ|: a sign flip after the last layer makes every product negative, the score does not change.
+    timm's BatchNormAct2d loses its normalisation, not its activation: conv 1x1 (1 -> 2, a = |w|), tanh, linear
+    (v = |v|) gives R = Σ v tanh(a) and products v tanh(a) (v), a v (1 - tanh² a) (w)."""
+    from timm.layers import BatchNormAct2d
+
+    class Negate(nn.Module):
+        def forward(self, x):
+            return -x
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), _perturbed(BatchNormAct2d(2, act_layer=nn.Tanh)),
+                        nn.Flatten(), nn.Linear(2, 1, bias=False))
+    a, v = net[0].weight.detach().abs().double().flatten(), net[3].weight.detach().abs().double().flatten()
+    want = float((v * torch.tanh(a) + a * v * (1 - torch.tanh(a) ** 2)).sum())
+    x = [torch.randn(2, 1, 1, 1)]
+    assert PX.synflow(net, x) == pytest.approx(math.log(want), rel=1e-12)
+    assert PX.synflow(nn.Sequential(*net, Negate()), x) == PX.synflow(net, x)
 
 
 def test_model_level_label_aware_proxies_need_labels_and_agree_with_feature_scores():

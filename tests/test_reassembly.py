@@ -46,21 +46,24 @@ def ids(assembly_blocks):
     return tuple((b["model"], b["stage"]) for b in assembly_blocks)
 
 
+@pytest.mark.parametrize("keep_single", [False, True])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_enumeration_finds_exactly_the_brute_force_feasible_set(seed, method):
+def test_enumeration_finds_exactly_the_brute_force_feasible_set(seed, method, keep_single):
     inst = random_instance(seed)
-    budget_p, budget_m = 160_000, 1_500_000
+    budget_p, budget_m = 250_000, 3_000_000
     forbid = [["tokens", "maps"]]
-    oracle = {ids(c): (p, m, s) for c, p, m, s in brute_force(inst, budget_p, budget_m, forbid)}
+    oracle = {ids(c): (p, m, s) for c, p, m, s in brute_force(inst, budget_p, budget_m, forbid, keep_single)}
     assert oracle, "the instance should have feasible assemblies"
-    got = enumerate_assemblies(inst, budget_p, budget_m, n=10_000, forbid=forbid, seed=0, method=method)
+    got = enumerate_assemblies(inst, budget_p, budget_m, n=10_000, forbid=forbid, seed=0, method=method,
+                               keep_single=keep_single)
     assert {ids(c["blocks"]) for c in got} == set(oracle)
     for c in got:  # reported costs are the exact totals
         assert (c["params"], c["macs"]) == oracle[ids(c["blocks"])][:2]
     surrogate = [c["surrogate"] for c in got]
     assert all(x >= y - 1e-9 for x, y in zip(surrogate, surrogate[1:])), "best surrogate first"
     assert surrogate[0] == pytest.approx(max(s for _, _, s in oracle.values()))
+    assert all((c["single_model"] is not None) == (len({b["model"] for b in c["blocks"]}) == 1) for c in got)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -128,3 +131,69 @@ def test_non_finite_coefficients_never_reach_the_search(method):
     inst.blocks[0]["score"] = float("-inf")
     with pytest.raises(ValueError, match="non-finite"):
         enumerate_assemblies(inst, 1e9, 1e12, n=1, method=method)
+
+
+# ------------------------------------------------------------------ transitions and single-model chains
+
+def family_instance():
+    """One block per stage from a CNN (resnet), a Swin (NHWC maps, attention) and a ViT (tokens)."""
+    kinds = {"resnet": ("NCHW", "cnn"), "swin": ("NHWC", "transformer"), "vit": ("NLC", "transformer")}
+    blocks, pairs, stem, head = [], {}, {}, {}
+    for i, (m, (fmt, fam)) in enumerate(kinds.items()):
+        for s in range(2):
+            blocks.append(dict(model=m, stage=s, start=s + 1, end=s + 1, set=s, params=1000, macs=1000,
+                               score=1.0 + 0.1 * i, fmt_in=fmt, fmt_out=fmt, fam_in=fam, fam_out=fam))
+    for a in blocks:
+        for b in blocks:
+            if b["stage"] == a["stage"] + 1:
+                pairs[pair_key(a, b)] = {"params": 10, "macs": 10}
+        (stem if a["stage"] == 0 else head)[key(a)] = {"params": 1, "macs": 1}
+    return Instance(blocks, pairs, stem, head, 2)
+
+
+def transitions(forbid, method="best_first"):
+    got = enumerate_assemblies(family_instance(), 1e9, 1e12, n=100, forbid=forbid, method=method)
+    return {" > ".join(b["model"] for b in c["blocks"]) for c in got}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_authors_rule_is_by_family_cnn_to_transformer_only_and_swin_is_a_transformer(method):
+    got = transitions([["transformer", "cnn"]], method)
+    assert {"resnet > swin", "resnet > vit", "vit > swin", "swin > vit"} <= got
+    assert not {"swin > resnet", "vit > resnet"} & got, "no Transformer (Swin included) feeds a CNN"
+
+
+def test_the_layout_rule_stays_available_and_treats_swin_maps_as_maps():
+    got = transitions([["tokens", "maps"]])
+    assert "swin > resnet" in got and "vit > swin" not in got and "vit > resnet" not in got
+    assert {"resnet > swin", "resnet > vit", "swin > resnet", "swin > vit", "vit > swin", "vit > resnet"} == transitions([])
+
+
+def test_a_zoo_model_re_headed_is_no_candidate_unless_kept_and_then_it_is_labelled():
+    inst = family_instance()
+    dropped = enumerate_assemblies(inst, 1e9, 1e12, n=100, forbid=[])
+    assert all(c["single_model"] is None and len({b["model"] for b in c["blocks"]}) == 2 for c in dropped)
+    kept = enumerate_assemblies(inst, 1e9, 1e12, n=100, forbid=[], keep_single=True)
+    assert {c["single_model"] for c in kept} == {None, "resnet", "swin", "vit"} and len(kept) == len(dropped) + 3
+    best = solve_optimal(inst, 1e9, 1e12, [], keep_single=False)
+    assert best["single_model"] is None and best["surrogate"] == pytest.approx(dropped[0]["surrogate"])
+
+
+def test_only_dery_s_families_reach_the_rule_and_old_cost_files_are_named():
+    inst = family_instance()
+    for b in inst.blocks:
+        del b["fam_in"], b["fam_out"]
+    with pytest.raises(ValueError, match="re-run the features"):
+        enumerate_assemblies(inst, 1e9, 1e12, n=1, forbid=[["transformer", "cnn"]])
+
+
+def test_a_block_keeps_its_depth_when_its_set_is_out_of_depth_order():
+    """Sets out of depth order (a model's stage-1 block in set 2): the block is still placed at its stage,
+    as the paper arranges blocks by stage index; the set only counts towards one block per set."""
+    inst = random_instance(4, aligned=False)
+    for c in enumerate_assemblies(inst, 1e9, 1e12, n=200, keep_single=True):
+        assert [b["stage"] for b in c["blocks"]] == list(range(inst.k))
+        assert sorted(b["set"] for b in c["blocks"]) == list(range(inst.k))
+    swapped = [b for b in inst.blocks if b["set"] != b["stage"]]
+    assert swapped and any(any(b["set"] != b["stage"] for b in c["blocks"])
+                           for c in enumerate_assemblies(inst, 1e9, 1e12, n=200))

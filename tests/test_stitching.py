@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from dery.stitching import Assembly, FreshStem, Head, Port, Stitch
 
@@ -41,6 +42,34 @@ def test_least_squares_init_recovers_a_linear_map():
     assert r2 == pytest.approx(1.0, abs=1e-6)
     out = st(torch.tensor(x, dtype=torch.float32).view(400, 6, 1, 1)).view(400, 5).detach().numpy()
     np.testing.assert_allclose(out, x @ w + b, atol=1e-4)
+
+
+def test_fresh_stem_is_the_papers_7x7_stride_2_conv_bn_relu_maxpool():
+    stem = FreshStem(Port("NCHW", 16, (8, 8)), in_chans=1)
+    conv, bn, relu, pool = stem.body
+    assert type(conv) is nn.Conv2d and conv.bias is None
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding) == (1, 16, (7, 7),
+                                                                                                  (2, 2), (3, 3))
+    assert type(bn) is nn.BatchNorm2d and bn.num_features == 16 and type(relu) is nn.ReLU
+    assert type(pool) is nn.MaxPool2d and (pool.kernel_size, pool.stride, pool.padding) == (3, 2, 1)
+    assert stem.body(torch.randn(2, 1, 32, 32)).shape == (2, 16, 8, 8)  # a quarter of the side, as 224 -> 56
+
+
+@pytest.mark.parametrize("dst,shape,expect", [
+    (Port("NCHW", 16, (8, 8)), (16, 8, 8), lambda m: m),  # the stem's own grid: no resize
+    (Port("NCHW", 16, (4, 4)), (16, 4, 4), lambda m: nn.functional.avg_pool2d(m, 2)),  # coarser: average pooling
+    (Port("NCHW", 16, (16, 16)), (16, 16, 16), lambda m: m.repeat_interleave(2, 2).repeat_interleave(2, 3)),
+    (Port("NLC", 24, (4, 4)), (16, 24), lambda m: nn.functional.avg_pool2d(m, 2).flatten(2).transpose(1, 2)),
+    (Port("NHWC", 12, (8, 8)), (8, 8, 12), lambda m: m.permute(0, 2, 3, 1)),  # Swin
+], ids=["cnn", "cnn-coarser", "cnn-finer", "vit-tokens", "swin"])
+def test_fresh_stem_meets_the_first_blocks_channels_grid_and_format(dst, shape, expect):
+    """C = the first block's input channels; then (our addition) a deterministic resize to its native grid
+    (average pooling down, nearest up) and its format, as an adapter does. ViT tokens get no CLS token."""
+    stem = FreshStem(dst).eval()
+    x = torch.randn(2, 3, 32, 32)
+    y = stem(x)
+    assert tuple(y.shape) == (2, *shape) and stem.body[0].out_channels == dst.channels
+    torch.testing.assert_close(y, expect(stem.body(x)))
 
 
 def test_assembly_cnn_then_tokens_trains_end_to_end():

@@ -30,6 +30,34 @@ def test_frozen_blocks_keep_weights_and_batchnorm_statistics():
     assert hist.trainable_params == 4 * 2 + 2
 
 
+def test_fz_freezes_an_own_pretrained_stem_and_trains_a_fresh_one():
+    """FZ freezes what is pretrained: the blocks, and with ``stem: own`` the model's own stem (weights and BatchNorm
+    statistics, in eval mode); a fresh random stem trains with the head, as in the paper."""
+    import timm
+
+    from dery.stitching import build, dissect
+
+    torch.manual_seed(0)
+    info = dissect(timm.create_model("resnet10t", num_classes=5).eval(), torch.randn(16, 3, 32, 32))
+    spec = {"blocks": [{"model": "m", "start": 1, "end": 2}]}
+    x, y = data(16)
+    for stem in ("own", "fresh"):
+        asm, _ = build(spec, {"m": info}, num_classes=2, stem=stem, adapter_init="random", seed=0)
+        frozen = asm.pretrained_modules()
+        assert (asm.stem in frozen) == (stem == "own") and all(b in frozen for b in asm.blocks)
+        before = {k: v.clone() for k, v in asm.state_dict().items()}
+        hist = fit(asm, x, y, x[:8], y[:8], frozen=frozen, **{**KW, "epochs": 1})
+        stem_changed = [not torch.equal(v, before["stem." + k]) for k, v in asm.stem.state_dict().items()]
+        assert all(torch.equal(v, before["blocks." + k]) for k, v in asm.blocks.state_dict().items())
+        trained = sum(p.numel() for p in asm.head.parameters())
+        if stem == "own":
+            assert not any(p.requires_grad for p in asm.stem.parameters()) and not any(stem_changed)
+        else:
+            trained += sum(p.numel() for p in asm.stem.parameters())
+            assert all(p.requires_grad for p in asm.stem.parameters()) and all(stem_changed)
+        assert hist.trainable_params == trained
+
+
 def test_full_tuning_changes_the_blocks():
     model, block = toy()
     before = block[0].weight.clone()

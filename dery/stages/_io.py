@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from .. import data as D
-from .. import integrity
+from .. import integrity, repro
 
 log = logging.getLogger("dery")
 NUM_CLASSES = 10
@@ -22,9 +23,10 @@ NUM_CLASSES = 10
 
 @contextlib.contextmanager
 def logged(path: str | os.PathLike | None, threads: int = 1):
-    """Send logging and stderr (progress bars) to the rule's log file; pin torch's threads."""
-    torch.set_num_threads(max(1, threads))
+    """Send logging and stderr (progress bars) to the rule's log file; pin torch's threads and check the
+    reproducibility mode took effect (``dery.repro``)."""
     if path is None:
+        repro.check_job(threads)
         yield
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +39,7 @@ def logged(path: str | os.PathLike | None, threads: int = 1):
         old = sys.stderr
         sys.stderr = fh
         try:
+            repro.check_job(threads)
             yield
         except BaseException as exc:
             log.exception("stage failed")  # the full traceback goes to the job's log file
@@ -85,4 +88,7 @@ def _infos(model_ids, ckpt_dir: str, feat_dir: str, with_feats: bool = True) -> 
 
 
 def spec_seed(seed: int, spec_id: str) -> int:
-    return (seed * 1_000_003 + int.from_bytes(spec_id.encode(), "little")) % (2**31)
+    """A seed of its own for each (seed, candidate id): a hash of the whole id, stable across processes and
+    machines (Python's ``hash`` is salted per process), so candidates never share head, adapter and proxy draws."""
+    digest = hashlib.sha256(f"{seed}/{spec_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**31)

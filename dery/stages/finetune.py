@@ -45,7 +45,9 @@ def _finetune_record(key: str, tags: dict, cfg: dict, hist: TR.History, test_acc
 
 
 def _blocks_text(c: dict) -> str:
-    return " > ".join(f"{b['model']}[{b['start']}-{b['end']}]" for b in c["blocks"])
+    text = " > ".join(f"{b['model']}[{b['start']}-{b['end']}]" for b in c["blocks"])
+    # kept with reassembly.single_model: keep, and labelled wherever the blocks are shown
+    return text + (f" (= zoo model {c['single_model']} with a new head)" if c.get("single_model") else "")
 
 
 @DIST.torchrun

@@ -19,11 +19,12 @@ def reassemble(costs_json: str, budget: dict, cfg: dict, seed: int, out: str, ou
     inst = R.instance_from_costs(_json(costs_json))
     t0 = time.perf_counter()
     limits = budget["params_m"] * 1e6, budget["macs_m"] * 1e6
+    keep_single = cfg.get("single_model", "drop") == "keep"
     cands = R.enumerate_assemblies(inst, *limits, cfg["max_candidates"], cfg["forbid"], seed, budget["name"],
-                                   method=cfg["search"])
+                                   method=cfg["search"], keep_single=keep_single)
     # SCIP certifies the walk's first assembly: the same optimum from the 0-1 program (paper Eqs. 8-11). With
     # search: scip the first assembly already is SCIP's optimum.
-    best = cands[0] if cfg["search"] == "scip" else R.solve_optimal(inst, *limits, cfg["forbid"], seed)
+    best = cands[0] if cfg["search"] == "scip" else R.solve_optimal(inst, *limits, cfg["forbid"], seed, keep_single)
     if best is None or abs(best["surrogate"] - cands[0]["surrogate"]) > 1e-6 * max(1.0, abs(best["surrogate"])):
         raise RuntimeError(f"budget {budget['name']}: the enumeration's best surrogate {cands[0]['surrogate']:.6f} "
                            f"differs from SCIP's optimum {best and best['surrogate']}; this is a bug in dery, please "

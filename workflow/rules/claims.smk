@@ -22,6 +22,7 @@ rule claims_finetune:
         slot="[0-9]+",
         seed="[0-9]+",
     params:
+        repro=REPRO,  # the kernels a job may use change its numbers
         cfg=finetune_cfg(),
         n_slots=CLAIMS["assemblies_per_budget"],
         stem=config["reassembly"]["stem"],
@@ -51,6 +52,7 @@ rule claims_scratch:
     wildcard_constraints:
         seed="[0-9]+",
     params:
+        repro=REPRO,  # the kernels a job may use change its numbers
         cfg=finetune_cfg(),
         zoo=ZOO,
         stem=config["reassembly"]["stem"],
@@ -77,6 +79,7 @@ rule claims_zoo:
     wildcard_constraints:
         seed="[0-9]+",
     params:
+        repro=REPRO,  # the kernels a job may use change its numbers
         cfg=finetune_cfg(),
     threads: 1
     resources:
@@ -101,7 +104,8 @@ rule claims_random_partition:
     wildcard_constraints:
         draw="[0-9]+",
     params:
-        cfg={k: config["partition"][k] for k in ("K", "eps")},
+        repro=REPRO,  # the kernels a job may use change its numbers
+        cfg={"K": config["partition"]["K"]},  # uniform random cuts: no size bound, so no eps
         seed=SEED0,
     log:
         "results/logs/claims/random/cuts{draw}/partition.log",
@@ -124,6 +128,7 @@ rule claims_random_costs:
     wildcard_constraints:
         draw="[0-9]+",
     params:
+        repro=REPRO,  # the kernels a job may use change its numbers
         stem=config["reassembly"]["stem"],
     log:
         "results/logs/claims/random/cuts{draw}/block_costs.log",
@@ -148,8 +153,11 @@ rule claims_random_cut_ranking:
     wildcard_constraints:
         draw="[0-9]+",
     params:
+        repro=REPRO,  # the kernels a job may use change its numbers
         budget=lambda w: BUDGETS[w.budget],
-        reassembly={k: config["reassembly"][k] for k in ("max_candidates", "forbid", "search")},
+        # the arm compares reassemblies: a zoo model re-headed is never its pick, whatever reassembly.single_model says
+        reassembly={**{k: config["reassembly"][k] for k in ("max_candidates", "forbid", "search")},
+                    "single_model": "drop"},
         proxy={**config["proxy"], "report_all": False},  # ranking needs only the chosen proxy
         stem=config["reassembly"]["stem"],
         init=config["stitching"]["init"],
@@ -178,6 +186,7 @@ rule claims_random_assembly:
         space="cover|cuts",
         draw="[0-9]+",
     params:
+        repro=REPRO,  # the kernels a job may use change its numbers
         budget=lambda w: BUDGETS[w.budget],
         forbid=config["reassembly"]["forbid"],
         proxy={**config["proxy"], "report_all": False},  # ranking needs only the chosen proxy

@@ -8,6 +8,14 @@ CLAIM_SEEDS = [SEED0 + i for i in range(CLAIMS["seeds"])]
 TAU_SEEDS = [SEED0 + i for i in range(CLAIMS["tau_seeds"])]
 TAU_SLOTS = list(range(CLAIMS["assemblies_per_budget"]))
 DRAWS = list(range(CLAIMS["random_draws"]))
+# Each draw of a random arm (e) is fine-tuned with its own seed, outside every seed of the pick and the tau study:
+# a draw that lands on the pick's network is then an independent run of it, not a copy of one of the pick's runs.
+# The offset does not move with claims.seeds/tau_seeds, so changing those reruns no arm job.
+ARM_SEED0 = SEED0 + max(1000, CLAIMS["seeds"], CLAIMS["tau_seeds"])
+
+
+def arm_seed(draw):
+    return ARM_SEED0 + draw
 
 
 def claims_finetune_file(arm, budget, slot, seed):
@@ -32,7 +40,7 @@ def claims_zoo_file(model, seed):
 def claims_manifest():
     tau = {b: {s: {sd: claims_finetune_file("tau", b, s, sd) for sd in (CLAIM_SEEDS if s == 0 else []) + TAU_SEEDS}
                for s in TAU_SLOTS} for b in BUDGETS}
-    arms = {name: {b: {d: claims_finetune_file(f"{prefix}{d}", b, 0, SEED0) for d in DRAWS} for b in BUDGETS}
+    arms = {name: {b: {d: claims_finetune_file(f"{prefix}{d}", b, 0, arm_seed(d)) for d in DRAWS} for b in BUDGETS}
             for name, prefix in (("cuts", "cuts"), ("rand_cover", "randcover"), ("rand_cuts", "randcuts"))}
     return {"tau": tau,
             "scratch": {b: {sd: claims_scratch_file(b, sd) for sd in CLAIM_SEEDS} for b in BUDGETS},

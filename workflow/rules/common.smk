@@ -8,6 +8,7 @@ import sys
 
 from snakemake.utils import validate
 
+from dery import repro
 from dery.checks import ParamsError, check, clear_stale_lock
 
 
@@ -17,6 +18,10 @@ try:
 except ParamsError as problem:
     sys.exit(str(problem))
 validate(config, schema="../schemas/params.schema.yaml")
+# Before any job starts: the libraries read their instruction-set caps when they load, so jobs (and
+# their DDP children, and jobs on cluster nodes, which re-parse this file) must inherit them.
+REPRO = repro.settings(config)
+repro.apply(config)
 if clear_stale_lock():
     print("dery: removed the lock of a killed Snakemake run in this directory", file=sys.stderr)
 
@@ -69,6 +74,19 @@ def metric_files():
     if config["finetune"]["zoo_baselines"]:
         files += [f"results/finetune/zoo/{m}_FT.metrics.json" for m in MODELS]
     return files
+
+
+# What the fingerprint hashes, stage by stage (dery/fingerprint.py): the files that carry each stage's result.
+FINGERPRINT_FILES = {
+    "zoo": [f"results/zoo/{m}.safetensors" for m in MODELS],
+    "features": [f"results/features/{m}.npz" for m in MODELS],
+    "similarity": [f"results/similarity/{p}.npz" for p in PAIRS],
+    "partition": ["results/partition/equivalence_sets.json"],
+    "block_costs": ["results/partition/block_costs.json"],
+    "candidates": [f"results/reassembly/{b}/candidates.json" for b in BUDGETS],
+    "proxy": [f"results/proxy/{b}/ranking.json" for b in BUDGETS],
+    "finetune": [f for f in metric_files() if f.startswith("results/finetune/")],
+}
 
 
 def finetune_cfg():

@@ -8,6 +8,7 @@ rule extract_features:
         npz="results/features/{model}.npz",
         meta="results/features/{model}.json",
     params:
+        repro=REPRO,  # the kernels a job may use change its numbers
         probe_images=config["features"]["probe_images"],
         batch_size=config["features"]["batch_size"],
     threads: 1
@@ -30,6 +31,8 @@ rule similarity:
         code=code("stages/similarity", "similarity"),
     output:
         "results/similarity/{a}.vs.{b}.npz",
+    params:
+        repro=REPRO,  # the kernels a job may use change its numbers
     threads: 1
     log:
         "results/logs/similarity/{a}.vs.{b}.log",

@@ -14,6 +14,7 @@ rule finetune_assembly:
         weights="results/finetune/{budget}/rank{rank}_{protocol}.safetensors",
         card="results/finetune/{budget}/rank{rank}_{protocol}.card.md",
     params:
+        repro=REPRO,  # the kernels a job may use change its numbers
         cfg=finetune_cfg(),
         stem=config["reassembly"]["stem"],
         init=config["stitching"]["init"],
@@ -39,6 +40,7 @@ rule finetune_zoo:
     output:
         metrics="results/finetune/zoo/{model}_FT.metrics.json",
     params:
+        repro=REPRO,  # the kernels a job may use change its numbers
         cfg=finetune_cfg(),
         seed=config["seed"],
     threads: 1
@@ -62,6 +64,7 @@ rule finetune_scratch:
     output:
         metrics="results/finetune/{budget}/scratch_FT.metrics.json",
     params:
+        repro=REPRO,  # the kernels a job may use change its numbers
         cfg=finetune_cfg(),
         zoo=ZOO,
         stem=config["reassembly"]["stem"],

@@ -7,6 +7,7 @@ rule partition:
         sets="results/partition/equivalence_sets.json",
         metrics="results/partition/equivalence_sets.metrics.json",
     params:
+        repro=REPRO,  # the kernels a job may use change its numbers
         cfg=config["partition"],
         seed=config["seed"],
     log:
@@ -28,6 +29,7 @@ rule block_costs:
     output:
         "results/partition/block_costs.json",
     params:
+        repro=REPRO,  # the kernels a job may use change its numbers
         stem=config["reassembly"]["stem"],
     log:
         "results/logs/block_costs.log",

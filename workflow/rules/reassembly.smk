@@ -6,8 +6,9 @@ rule reassembly_ilp:
         candidates="results/reassembly/{budget}/candidates.json",
         metrics="results/reassembly/{budget}/candidates.metrics.json",
     params:
+        repro=REPRO,  # the kernels a job may use change its numbers
         budget=lambda w: BUDGETS[w.budget],
-        cfg={k: config["reassembly"][k] for k in ("max_candidates", "forbid", "search")},
+        cfg={k: config["reassembly"][k] for k in ("max_candidates", "forbid", "search", "single_model")},
         seed=config["seed"],
     log:
         "results/logs/reassembly_ilp/{budget}.log",
@@ -30,6 +31,7 @@ rule proxy_rank:
         ranking="results/proxy/{budget}/ranking.json",
         metrics="results/proxy/{budget}/ranking.metrics.json",
     params:
+        repro=REPRO,  # the kernels a job may use change its numbers
         cfg=config["proxy"],
         stem=config["reassembly"]["stem"],
         init=config["stitching"]["init"],

@@ -1,9 +1,28 @@
 # MLflow is written by one serial job only (track): parallel jobs write *.metrics.json files, so
 # SQLite is never written concurrently. summarise reads the tables back from MLflow; the same
 # tables print with `dery results`.
+rule fingerprint:
+    input:
+        unpack(lambda w: FINGERPRINT_FILES),
+        code=code("stages/summary", "fingerprint", "repro"),
+    output:
+        "results/fingerprint.json",
+    params:
+        files=FINGERPRINT_FILES,
+    log:
+        "results/logs/fingerprint.log",
+    benchmark:
+        "results/benchmarks/fingerprint.tsv"
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/fingerprint.py"
+
+
 rule track:
     input:
         metrics=metric_files(),
+        fingerprint="results/fingerprint.json",
         code=code("stages/summary", "tracking"),
     output:
         "results/mlflow/ingested.json",
@@ -26,7 +45,8 @@ rule track:
 rule summarise:
     input:
         ingested="results/mlflow/ingested.json",
-        code=code("stages/summary", "evaluation", "tracking"),
+        fingerprint="results/fingerprint.json",
+        code=code("stages/summary", "evaluation", "tracking", "fingerprint"),
     output:
         md="results/summary.md",
         csv=report(

@@ -4,6 +4,7 @@ rule split_data:
     output:
         "results/data/splits.json",
     params:
+        repro=REPRO,  # the kernels a job may use change its numbers
         data=config["data"],
         sources=config["sources"],
         per_source=config["zoo_training"]["images_per_source"],
@@ -29,6 +30,7 @@ rule pretrain_zoo:
         meta="results/zoo/{model}.json",
         metrics="results/zoo/{model}.metrics.json",
     params:
+        repro=REPRO,  # the kernels a job may use change its numbers
         spec=lambda w: ZOO[w.model],
         train=config["zoo_training"],
         seed=config["seed"],

@@ -3,4 +3,5 @@ from dery.stages.summary import track
 
 with logged(snakemake.log[0]):
     p = snakemake.params
-    track(list(snakemake.input.metrics), p.uri, p.experiment, p.params_hash, snakemake.output[0], p.attempts, p.retry_wait_s)
+    track(list(snakemake.input.metrics), p.uri, p.experiment, p.params_hash, snakemake.output[0], p.attempts,
+          p.retry_wait_s, snakemake.input.fingerprint)
