@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "params/default.yaml"
+# A params file given with --configfile stands alone: what it leaves out comes from the schema's defaults, never
+# from params/default.yaml (Snakemake would deep-merge the two). Without one, the embedded default runs.
+if not workflow.overwrite_configfiles:
+
+    configfile: "params/default.yaml"
 
 
 report: "workflow/report/workflow.rst"

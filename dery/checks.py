@@ -8,8 +8,10 @@ K against the shallowest model, split sizes, paths that would write outside the 
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -35,6 +37,27 @@ def _schema_problems(config: dict, schema: dict) -> list[str]:
             desc = err.schema.get("description")
             out.append(f"`{where}`: {err.message}" + (f" (expected: {desc})" if desc else "") + ".")
     return out
+
+
+# Keys where `.inf` means "no limit" (a budget without a params or MAC cap); everywhere else a number must be finite.
+NO_LIMIT_KEYS = {("reassembly", "budgets", "*", "params_m"), ("reassembly", "budgets", "*", "macs_m")}
+
+
+def non_finite_problems(config: Any, path: tuple = ()) -> list[str]:
+    """NaN anywhere, and infinity outside NO_LIMIT_KEYS: JSON Schema's bounds let both through (NaN compares
+    false with every bound), so `params_m: .nan` would run the whole DAG without a limit."""
+    if isinstance(config, dict):
+        return [p for k, v in config.items() for p in non_finite_problems(v, (*path, str(k)))]
+    if isinstance(config, list):
+        return [p for i, v in enumerate(config) for p in non_finite_problems(v, (*path, i))]
+    if isinstance(config, float) and not math.isfinite(config):
+        where = ".".join(str(p) for p in path)
+        generic = tuple("*" if isinstance(p, int) else p for p in path)
+        if math.isinf(config) and config > 0 and generic in NO_LIMIT_KEYS:
+            return []
+        allowed = " (`.inf` means no limit here; NaN never does)" if generic in NO_LIMIT_KEYS else ""
+        return [f"`{where}` is {config}, not a finite number{allowed}; give a number."]
+    return []
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:
@@ -162,7 +185,7 @@ def semantic_problems(config: dict, workdir: Path) -> list[str]:
 def check(config: dict, schema_path: str | os.PathLike, workdir: str | os.PathLike = ".") -> None:
     """Raise ParamsError with every problem found (schema first, then semantics)."""
     schema = yaml.safe_load(Path(schema_path).read_text())
-    problems = _schema_problems(config, schema)
+    problems = non_finite_problems(config) + _schema_problems(config, schema)
     if not problems:
         import copy
 

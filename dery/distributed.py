@@ -192,7 +192,9 @@ def _has_fd(stream) -> bool:
 
 def _worker(call_file: str) -> None:
     call = json.loads(Path(call_file).read_text())
-    torch.set_num_threads(call["threads"])
+    from . import repro  # the job's reproducibility mode reaches its DDP children through the environment
+
+    repro.check_job(call["threads"])
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s rank {os.environ.get('RANK', 0)} %(levelname)s %(message)s")
     module, _, name = call["target"].partition(":")

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     work = tmp_path_factory.mktemp("bad-params")
-    for item in ("Snakefile", "workflow", "params"):
+    for item in ("Snakefile", "workflow", "params", "dery"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
     (work / "results").mkdir()
@@ -85,6 +85,15 @@ CASES = {
     "top_k above max_candidates": (set_key(["finetune", "top_k"], 50), "max_candidates"),
     "experiment name with a space": (set_key(["name"], "my run"), "`name`"),
     "unknown stem mode": (set_key(["reassembly", "stem"], "borrowed"), "reassembly.stem"),
+    "NaN budget": (lambda c: c["reassembly"]["budgets"][0].update(params_m=float("nan")),
+                   "`reassembly.budgets.0.params_m` is nan"),
+    "infinite learning rate": (set_key(["finetune", "lr"], float("inf")), "`finetune.lr` is inf"),
+    "NaN inside a model's kwargs": (zoo_entry(2, kwargs={"img_size": 32, "drop_rate": float("nan")}),
+                                    "`zoo.2.kwargs.drop_rate` is nan"),
+    "empty zoo mapping (no default zoo behind it)": (set_key(["zoo"], {}), "`zoo`"),
+    "no zoo at all (not merged onto params/default.yaml)": (lambda c: c.pop("zoo"), "'zoo' is a required property"),
+    "a transition rule mixing family and layout": (set_key(["reassembly", "forbid"], [["transformer", "maps"]]),
+                                                    "mixes a model family with a tensor layout"),
 }
 
 
@@ -104,3 +113,13 @@ def test_bad_params_stop_before_any_job_with_a_plain_message(project, case):
     assert "dery: the params file has" in out
     assert (project / "results" / "earlier.txt").read_text() == "an earlier result"
     assert sorted(p.name for p in (project / "results").iterdir()) == ["earlier.txt"], "no job ran"
+
+
+def test_an_infinite_budget_means_no_limit_and_the_run_names_its_params_file(project):
+    cfg = smoke()
+    cfg["reassembly"]["budgets"][0].update(params_m=float("inf"), macs_m=float("inf"))
+    (project / "params" / "nolimit.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile",
+                           "params/nolimit.yaml"], cwd=project, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "dery: params file params/nolimit.yaml (`smoke`" in proc.stderr

@@ -54,6 +54,20 @@ def test_summary_is_read_back_from_mlflow(smoke):
     assert df["tags.dery.key"].is_unique
 
 
+def test_every_run_carries_the_fingerprint_and_the_summary_prints_it(smoke):
+    import json
+
+    from dery import fingerprint as FP
+    from dery.tracking import runs, sqlite_uri
+
+    fp = json.loads((smoke / "results" / "fingerprint.json").read_text())
+    assert set(fp["stages"]) == set(FP.STAGES)
+    df = runs(sqlite_uri(smoke / "results" / "mlflow.db"), "smoke")
+    assert set(df["tags.dery.fingerprint"]) == {FP.short(fp)}
+    assert set(df["tags.dery.fingerprint.zoo"]) == {fp["stages"]["zoo"]} and set(df["tags.dery.repro_mode"]) == {"strict"}
+    assert FP.short(fp) in (smoke / "results" / "summary.md").read_text()
+
+
 def test_every_job_left_a_log_and_a_benchmark(smoke):
     logs = list((smoke / "results" / "logs").rglob("*.log"))
     bench = list((smoke / "results" / "benchmarks").rglob("*.tsv"))
@@ -99,3 +113,14 @@ def test_lint_is_clean():
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_stability_report_reruns_the_partition_with_other_seeds(smoke, monkeypatch):
+    from dery.cli import main
+
+    monkeypatch.chdir(smoke)
+    assert main(["stability", "--params", "params/smoke.yaml", "--seeds", "0", "1", "--other", "results"]) == 0
+    md = (smoke / "results" / "stability.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")]
+    assert len(rows) == 2 and "| 1.00 |" in rows[0], "seed 0 agrees with itself"
+    assert "same blocks 1.00" in md and "Max |ΔCKA| 0.00e+00" in md, "a run compared with itself is identical"

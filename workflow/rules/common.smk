@@ -12,6 +12,10 @@ from dery import repro
 from dery.checks import ParamsError, check, clear_stale_lock
 
 
+if workflow.is_main_process:  # once per run, not in every job that re-parses this file
+    _given = [os.path.relpath(f) for f in workflow.overwrite_configfiles]
+    print(f"dery: params file {', '.join(_given) or 'params/default.yaml'} "
+          f"(`{config.get('name')}`; keys it leaves out take the schema's defaults)", file=sys.stderr)
 # Problems in the params file stop here, before any job, as one paragraph without a traceback.
 try:
     check(config, Path(workflow.basedir) / "workflow/schemas/params.schema.yaml")
