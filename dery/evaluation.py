@@ -82,11 +82,8 @@ def equivalence_sets(df: pd.DataFrame) -> tuple[list[str], float]:
     return [run[f"{prefix}{j}"] for j in ids], float(run.get("metrics.stage_alignment", np.nan))
 
 
-def proxy_correlation(table: pd.DataFrame) -> dict[str, float]:
-    """Kendall tau between the proxy score and test accuracy of the fine-tuned assemblies, all budgets pooled."""
-    if table.empty:
-        return {}
-    asm = table[table["kind"] == "assembly"]
+def _budget_tau(asm: pd.DataFrame) -> dict[str, float]:
+    """Kendall tau between the proxy score and test accuracy of one budget's fine-tuned assemblies."""
     out = {}
     for proto in ("FZ", "FT"):
         col = f"{proto}_test_acc"
@@ -97,10 +94,27 @@ def proxy_correlation(table: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def proxy_correlation(table: pd.DataFrame) -> dict[str, float]:
+    """Kendall tau within each budget (the proxy ranks one budget's candidates), averaged weighted by the number
+    of assemblies over the budgets where it is defined. Pooling budgets into one ranking would mix two lists."""
+    if table.empty:
+        return {}
+    per = proxy_correlation_by_budget(table)
+    out = {}
+    for proto in ("FZ", "FT"):
+        got = [(c[f"kendall_tau_{proto}"], c[f"n_{proto}"]) for c in per.values() if f"kendall_tau_{proto}" in c]
+        ok = [(t, n) for t, n in got if not math.isnan(t)]
+        if got:
+            out[f"kendall_tau_{proto}"] = float(np.average([t for t, _ in ok], weights=[n for _, n in ok])) if ok \
+                else float("nan")
+            out[f"n_{proto}"] = int(sum(n for _, n in got))
+    return out
+
+
 def proxy_correlation_by_budget(table: pd.DataFrame) -> dict[str, dict[str, float]]:
     if table.empty:
         return {}
-    return {str(b): proxy_correlation(g) for b, g in table[table["kind"] == "assembly"].groupby("budget")}
+    return {str(b): _budget_tau(g) for b, g in table[table["kind"] == "assembly"].groupby("budget")}
 
 
 def best_accuracy(table: pd.DataFrame) -> dict[str, float]:
@@ -155,9 +169,29 @@ def _tau_text(corr: dict[str, float]) -> str:
         if f"kendall_tau_{proto}" in corr:
             tau = corr[f"kendall_tau_{proto}"]
             n = corr[f"n_{proto}"]
-            parts.append(f"{proto} " + ("n/a (needs >= 3 distinct assemblies)" if math.isnan(tau) else f"{tau:+.3f}")
+            parts.append(f"{proto} " + ("n/a (needs >= 3 distinct assemblies in a budget)" if math.isnan(tau) else f"{tau:+.3f}")
                          + f" (n={n})")
     return "; ".join(parts) if parts else "no fine-tuned assemblies"
+
+
+def fingerprint_markdown(df: pd.DataFrame) -> str:
+    """The run's fingerprint as MLflow holds it (tags of every run, written by `track`); '' before any."""
+    from .fingerprint import STAGES
+
+    col = "tags.dery.fingerprint"
+    if df.empty or col not in df or df[col].dropna().empty:
+        return ""
+    latest = df[df[col].notna()].iloc[0]  # runs() lists the newest first
+    tag = lambda k: latest.get(f"tags.dery.{k}")  # noqa: E731
+    rows = [f"| {s} | `{tag('fingerprint.' + s)}` |" for s in STAGES if isinstance(tag("fingerprint." + s), str)]
+    many = df[col].dropna().nunique()
+    return "\n".join([
+        "## Fingerprint", "",
+        f"Run fingerprint **`{latest[col]}`** (`results/fingerprint.json`; compare two runs with `dery fingerprint "
+        f"A.json B.json`). Made on: {tag('cpu')} (AVX-512: {'yes' if tag('cpu_avx512') == 'True' else 'no'}) with "
+        f"{tag('kernels')} kernels, reproducibility mode `{tag('repro_mode')}`; {tag('versions')}."
+        + (f" The latest runs carry {many} different fingerprints: some rows come from an earlier run." if many > 1
+           else ""), "", "| stage | hash |", "|---|---|", *rows, ""])
 
 
 def results_markdown(df: pd.DataFrame, experiment: str, tracking_uri: str) -> str:
@@ -183,11 +217,12 @@ def results_markdown(df: pd.DataFrame, experiment: str, tracking_uri: str) -> st
             head += f": params <= {lim['params_m']:g} M, MACs <= {lim['macs_m']:g} M"
         md += [head, "", to_markdown(paper_table(table, budget, lim), formats=FORMATS), "",
                f"Kendall tau (NASWOT vs top-1, fine-tuned assemblies): {_tau_text(by_budget.get(budget, {}))}", ""]
-    md += ["## Proxy rank correlation (Kendall tau, proxy score vs test accuracy, assemblies of all budgets)", "",
+    md += ["## Proxy rank correlation (Kendall tau within each budget, averaged weighted by assemblies)", "",
            _tau_text(proxy_correlation(table)), "",
            "## Equivalence sets" + ("" if math.isnan(alignment) else f" (stage alignment {alignment:.2f})"), ""]
     md += [f"- set {j}: {s}" for j, s in enumerate(sets)] or ["(no partition run in this experiment)"]
-    return "\n".join(md) + "\n"
+    fp = fingerprint_markdown(df)
+    return "\n".join(md) + "\n" + ("\n" + fp if fp else "")
 
 
 def _finite(v: Any) -> Any:

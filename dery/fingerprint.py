@@ -112,17 +112,3 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[str | None, list[str]
 def short(fp: dict[str, Any]) -> str:
     """One hash for the whole run (what the summary prints and MLflow tags)."""
     return hashlib.sha256(json.dumps(sorted(fp["stages"].items())).encode()).hexdigest()[:16]
-
-
-def markdown(fp: dict[str, Any]) -> str:
-    env = fp["environment"]
-    req = env.get("requested") or {}
-    order = [s for s in STAGES if s in fp["stages"]] + sorted(set(fp["stages"]) - set(STAGES))
-    rows = [f"| {s} | `{fp['stages'][s]}` |" for s in order]
-    return "\n".join([
-        f"Run fingerprint **`{short(fp)}`** (`results/fingerprint.json`; compare two runs with "
-        "`dery fingerprint A.json B.json`). Made on: " + f"{env.get('cpu_model')} (AVX-512: "
-        f"{'yes' if env.get('cpu_avx512f') else 'no'}), torch {env.get('torch')} with "
-        f"{env.get('torch_cpu_capability')} kernels, {env.get('torch_threads')} thread(s), reproducibility mode "
-        f"`{req.get('mode', 'unset')}`; numpy {env.get('numpy')}, timm {env.get('timm')}, Python {env.get('python')}.",
-        "", "| stage | hash |", "|---|---|", *rows])

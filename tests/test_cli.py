@@ -3,6 +3,7 @@
 The store here is built from hand-written records with known numbers (three assemblies whose
 proxy order matches FT accuracy and reverses FZ accuracy), so every printed value is checked.
 """
+import math
 import shutil
 import subprocess
 import sys
@@ -146,3 +147,19 @@ def test_a_missing_store_or_experiment_is_one_message_naming_the_fix(store, tmp_
     assert cli.main(["results", "--experiment", "nope", "--tracking-uri", store]) == 1
     err = capsys.readouterr().err
     assert "experiment 'nope' not found" in err and EXPERIMENT in err and "--experiment" in err
+
+
+def test_the_proxy_tau_is_computed_within_budgets_never_across_them():
+    """Each budget's candidates are ranked separately: two budgets with 2 assemblies each give no τ (pooling them
+    into 4 points would), and budgets with 3 or more give the assembly-weighted mean of their own τ."""
+    from dery import evaluation as E
+
+    def table(budgets):
+        rows = [{"kind": "assembly", "budget": b, "proxy": p, "FZ_test_acc": a, "FT_test_acc": a}
+                for b, pts in budgets.items() for p, a in pts]
+        return pd.DataFrame(rows)
+
+    two_each = table({"small": [(1, 0.2), (2, 0.1)], "large": [(3, 0.9), (4, 0.8)]})
+    assert math.isnan(E.proxy_correlation(two_each)["kendall_tau_FT"]) and E.proxy_correlation(two_each)["n_FT"] == 4
+    mixed = table({"small": [(1, 0.1), (2, 0.2), (3, 0.3)], "large": [(1, 0.4), (2, 0.3), (3, 0.2), (4, 0.1)]})
+    assert E.proxy_correlation(mixed)["kendall_tau_FT"] == pytest.approx((3 * 1.0 + 4 * -1.0) / 7)

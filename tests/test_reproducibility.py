@@ -150,8 +150,8 @@ def test_the_smoke_run_on_an_emulated_avx2_machine_has_the_same_fingerprint(smok
 
     work = new_project(tmp_path / "avx2")
     env = {**project_env(work), **AVX2_MACHINE}
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "params/smoke.yaml",
-                           "results/fingerprint.json"], cwd=work, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "results/fingerprint.json", "--cores", "2",
+                           "--configfile", "params/smoke.yaml"], cwd=work, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     here = json.loads((smoke_project / "results" / "fingerprint.json").read_text())
     there = json.loads((work / "results" / "fingerprint.json").read_text())

@@ -36,13 +36,9 @@ def track(metric_files: list[str], tracking_uri: str, experiment: str, params_ha
     Z.write_json(out, {**stats, "records": len(recs), "tracking_uri": tracking_uri, "experiment": experiment})
 
 
-def summarise(tracking_uri: str, experiment: str, out_md: str, out_csv: str, out_json: str,
-              fingerprint_json: str | None = None) -> None:
+def summarise(tracking_uri: str, experiment: str, out_md: str, out_csv: str, out_json: str) -> None:
     """The tables of ``dery results``, read back from MLflow: Markdown, CSV and the metrics DVC compares."""
     df = T.runs(tracking_uri, experiment)
     E.summary_table(df).to_csv(out_csv, index=False)
-    md = E.results_markdown(df, experiment, tracking_uri)
-    if fingerprint_json:
-        md += "\n## Fingerprint\n\n" + FP.markdown(_json(fingerprint_json)) + "\n"
-    Path(out_md).write_text(md)
+    Path(out_md).write_text(E.results_markdown(df, experiment, tracking_uri))  # the fingerprint comes from MLflow
     Z.write_json(out_json, E.metrics_summary(df))

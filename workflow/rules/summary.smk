@@ -45,7 +45,6 @@ rule track:
 rule summarise:
     input:
         ingested="results/mlflow/ingested.json",
-        fingerprint="results/fingerprint.json",
         code=code("stages/summary", "evaluation", "tracking", "fingerprint"),
     output:
         md="results/summary.md",

@@ -3,4 +3,4 @@ from dery.stages.summary import summarise
 
 with logged(snakemake.log[0]):
     o = snakemake.output
-    summarise(snakemake.params.uri, snakemake.params.experiment, o.md, o.csv, o.metrics, snakemake.input.fingerprint)
+    summarise(snakemake.params.uri, snakemake.params.experiment, o.md, o.csv, o.metrics)
