@@ -291,13 +291,11 @@ def select_proxy(assemblies: dict[str, dict[str, dict[str, Any]]], names: Sequen
 
 
 def _single_model(blocks: Sequence[dict[str, Any]]) -> str | None:
-    """The model id when ``blocks`` are one model's consecutive blocks (that zoo model with a new head, joined
-    by identity adapters), else None. Same rule as ``reassembly.single_model``, kept here so the claims read
-    old results and need no torch."""
-    models = {b["model"] for b in blocks}
-    if len(models) != 1 or any(a["end"] + 1 != b["start"] for a, b in zip(blocks, blocks[1:])):
-        return None
-    return blocks[0]["model"]
+    """The model id when ``blocks`` are one model's consecutive blocks (a zoo model re-headed), else None: the
+    program's own rule (``reassembly.single_model``), imported late as that module loads torch."""
+    from .reassembly import single_model
+
+    return single_model(list(blocks))
 
 
 def network_key(blocks: Sequence[dict[str, Any]]) -> tuple[tuple[str, int, int], ...]:
