@@ -184,12 +184,14 @@ def new_project(dest: Path, with_results_from: Path | None = None) -> Path:
 
 
 def snakemake(work: Path, *args: str, timeout: float | None = None) -> tuple[subprocess.CompletedProcess, float]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(work), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(work), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=work, capture_output=True, text=True,
                           env=env, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"snakemake {' '.join(args)} failed in {work}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"snakemake {' '.join(args)} failed in {work}:\n{proc.stdout[-2000:]}\n"
+                           f"{proc.stderr[-3000:]}")
     return proc, time.perf_counter() - t
 
 
@@ -305,7 +307,7 @@ def run(quick: bool, params_file: str | Path = "params/smoke.yaml", smoke: bool 
         cpu_total = sum(j.bench.get("cpu_time", 0.0) for j in log.jobs)
         wall_total = sum(j.seconds for j in log.jobs if j.bench and j.seconds == j.seconds)
         res.rows.append(Row("6", f"whole pipeline, cold, `{cfg}` ({len(log.jobs)} jobs, 2 cores; log "
-                            f"{log.path.name})", fmt_s(log.seconds), f"{DEFAULT_TARGET_S // 60} min", 
+                            f"{log.path.name})", fmt_s(log.seconds), f"{DEFAULT_TARGET_S // 60} min",
                             f"{log.seconds / DEFAULT_TARGET_S:.2f}x the target",
                             f"< {DEFAULT_TARGET_S // 60} min", yes(log.seconds < DEFAULT_TARGET_S)))
         notes.append(f"**(a) The checkout's last complete cold run** (`{log.path.name}`, config {cfg}): "
@@ -334,8 +336,9 @@ def run(quick: bool, params_file: str | Path = "params/smoke.yaml", smoke: bool 
                                 yes(dry["share"] < RERUN_TARGET) + " (estimate from the run's job times)"))
             notes.append(f"A budget change in the default ({dry['what']}), dry run in a copy of the finished project: "
                          f"re-runs {', '.join(f'{r} x{n}' for r, n in dry['rules'].items())}; the same params "
-                         f"unchanged re-run {dry['base_jobs']} jobs. Their share of the run's summed job wall seconds is "
-                         f"the estimate (both run 2 jobs at a time); of its summed job CPU seconds, {dry['cpu_share']:.1%}."
+                         f"unchanged re-run {dry['base_jobs']} jobs. Their share of the run's summed job wall "
+                         f"seconds is the estimate (both run 2 jobs at a time); of its summed job CPU seconds, "
+                         f"{dry['cpu_share']:.1%}."
                          + (f" Jobs not in the run's log: {', '.join(dry['unknown'])}." if dry["unknown"] else ""))
     if smoke:
         with tempfile.TemporaryDirectory(prefix="dery-bench-smoke-") as tmp:
@@ -363,12 +366,13 @@ def run(quick: bool, params_file: str | Path = "params/smoke.yaml", smoke: bool 
                          "of every re-run.")
         notes.append(f"What limits the smoke config: each job is a fresh Python that imports torch and timm before "
                      f"any work, {fmt_s(start)} of CPU here (measured now, under the same load); x {n_cold} jobs = "
-                     f"{fmt_s(start * n_cold)}, and x {n_rerun} = {fmt_s(start * n_rerun)} for the re-run: of the order "
-                     f"of the jobs' whole CPU time as their benchmark files count it ({fmt_s(_cpu(s['cold_log']))} "
+                     f"{fmt_s(start * n_cold)}, and x {n_rerun} = {fmt_s(start * n_rerun)} for the re-run: of the "
+                     f"order of the jobs' whole CPU time as their benchmark files count it "
+                     f"({fmt_s(_cpu(s['cold_log']))} "
                      f"and {fmt_s(_cpu(s['rerun_log']))}; Snakemake samples it, so short jobs are undercounted). The "
-                     "work itself is seconds; the re-run repeats the whole tail of summary, tracking and registry jobs, "
-                     "each paying the same start-up. The jobs' wall time exceeds their CPU time by the share of the "
-                     "2 cores that other work took.")
+                     "work itself is seconds; the re-run repeats the whole tail of summary, tracking and registry "
+                     "jobs, each paying the same start-up. The jobs' wall time exceeds their CPU time by the share of "
+                     "the 2 cores that other work took.")
     else:
         res.rows.append(Row("6", "... smoke config cold + budget re-run: skipped (pass smoke=True)", "-", "-", "-",
                             f"< {SMOKE_TARGET_S // 60} min; < {RERUN_TARGET:.0%}", "not measured"))

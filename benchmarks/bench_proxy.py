@@ -124,7 +124,7 @@ def naswot_shared(models: Callable[[int], nn.Module], keys: Sequence[Sequence[Ha
         ks = state
         if activation_modules(asm.head):   # stitching.Head has none; any other head is run as in the plain forward
             ks = [(None, k.clone()) for _, k in state]
-            for (x, _), (_, k) in zip(state, ks):
+            for (x, _), (_, k) in zip(state, ks, strict=True):
                 _run_hooked([asm.head], x.clone(), k)
         score = float(np.mean([float(torch.linalg.slogdet(k)[1]) for _, k in ks]))
         if not np.isfinite(score):
@@ -156,7 +156,7 @@ def final_features_shared(models: Callable[[int], nn.Module], keys: Sequence[Seq
                 new.append(x)
             return new
         finally:
-            for m, w in zip(mods, was):
+            for m, w in zip(mods, was, strict=True):
                 m.train(w)
 
     def finish(asm, state):
@@ -189,7 +189,7 @@ def candidate_space(infos: dict[str, Any], k: int, shifts: Sequence[int] = (0,))
                     per_stage[s].append(b)
     out = []
     for combo in itertools.product(*per_stage):
-        if all(allowed(a, b, FORBID) for a, b in zip(combo, combo[1:])):
+        if all(allowed(a, b, FORBID) for a, b in zip(combo, combo[1:], strict=False)):
             out.append({"id": f"c{len(out):04d}", "blocks": [dict(b) for b in combo]})
     return out
 
@@ -341,7 +341,8 @@ def _run(quick: bool, params: dict[str, Any], size: str) -> Result:
                         f"1..{k}: {', '.join(map(str, distinct))} of {nb}); same scores: {yes(identical)}",
                         f"{cps_shared:.2f} candidates/s", f"{cps_naive:.2f} candidates/s one by one",
                         f"{t['naive'] / t['shared']:.2f}x faster", "reuse where it pays",
-                        (yes(identical and t["shared"] < t["naive"]) + "; prototype here, the stage does not use it yet")))
+                        (yes(identical and t["shared"] < t["naive"])
+                         + "; prototype here, the stage does not use it yet")))
     res.rows.append(Row("5", f"... final features of the feature proxies ({sum(len(b) for b in feat_batches)} images, "
                         f"{nff} candidates) with shared prefixes; identical: {yes(same_feats)}",
                         fmt_s(tf["shared"] / nff) + "/candidate", fmt_s(tf["naive"] / nff) + "/candidate one by one",

@@ -59,8 +59,10 @@ def paper_instance(seed: int = 0, aligned: float = 0.7):
                 parts = []
                 for s in range(K):
                     seg = F.Segment(m, tr, edges[s], edges[s + 1] - 1)
-                    parts.append(dict(start=edges[s] + 1, end=edges[s + 1], params=sum(p.numel() for p in seg.parameters()),
-                                      macs=_meta_macs(seg, shapes[edges[s]]), fmt_in=fmts[edges[s]], fmt_out=fmts[edges[s + 1]],
+                    parts.append(dict(start=edges[s] + 1, end=edges[s + 1],
+                                      params=sum(p.numel() for p in seg.parameters()),
+                                      macs=_meta_macs(seg, shapes[edges[s]]), fmt_in=fmts[edges[s]],
+                                      fmt_out=fmts[edges[s + 1]],
                                       port_in=_grid_channels(shapes[edges[s]], fmts[edges[s]], prefix),
                                       port_out=_grid_channels(shapes[edges[s + 1]], fmts[edges[s + 1]], prefix)))
                 own = F.OwnStem(m, tr)
@@ -69,8 +71,9 @@ def paper_instance(seed: int = 0, aligned: float = 0.7):
         info = arch_cache[arch]
         sets = list(range(K)) if rng.uniform() < aligned else [int(v) for v in rng.permutation(K)]
         for s, part in enumerate(info["parts"]):
-            b = dict(model=name, stage=s, start=part["start"], end=part["end"], set=sets[s], params=int(part["params"]),
-                     macs=int(part["macs"]), score=float(rng.uniform(1, 2)), fmt_in=part["fmt_in"], fmt_out=part["fmt_out"])
+            b = dict(model=name, stage=s, start=part["start"], end=part["end"], set=sets[s],
+                     params=int(part["params"]), macs=int(part["macs"]), score=float(rng.uniform(1, 2)),
+                     fmt_in=part["fmt_in"], fmt_out=part["fmt_out"])
             blocks.append(b)
             ports[key(b)] = (part["port_in"], part["port_out"])
             if s == 0:
@@ -105,7 +108,8 @@ def run(quick: bool, params: dict[str, Any]) -> Result:
     n_ilp = 10 if quick else 50    # the no-good loop: one SCIP solve per assembly
     ilp, t_ilp = timed(lambda: enumerate_assemblies(inst, BUDGET_PARAMS, BUDGET_MACS, n_ilp, FORBID, seed=0,
                                                     method="scip"))
-    feasible, t_brute = timed(lambda: sorted(brute_force(inst, BUDGET_PARAMS, BUDGET_MACS, FORBID), key=lambda c: -c[3]))
+    feasible, t_brute = timed(lambda: sorted(brute_force(inst, BUDGET_PARAMS, BUDGET_MACS, FORBID),
+                                             key=lambda c: -c[3]))
     opt = feasible[0][3]
     # the top 500 by surrogate, up to ties at the 500th value
     cut = feasible[min(TOP, len(feasible)) - 1][3]
@@ -128,7 +132,8 @@ def run(quick: bool, params: dict[str, Any]) -> Result:
                         f"{t_ilp / n_ilp / (t_top / len(top)):.0f}x slower", "reported", "-"))
 
     trials = 5 if quick else 20
-    (found, evals, bad_sets), t_rs = timed(lambda: random_search(inst, BUDGET_PARAMS, BUDGET_MACS, FORBID, trials, seed=0))
+    (found, evals, bad_sets), t_rs = timed(lambda: random_search(inst, BUDGET_PARAMS, BUDGET_MACS, FORBID, trials,
+                                                                 seed=0))
     rs_best = max((s for s in found.values()), default=float("nan"))
     in_top = len(set(found) & got)
     res.rows.append(Row("4", f"... vs the authors' random search ({trials} trials, same surrogate objective)",

@@ -37,7 +37,7 @@ def widths_of(model: torch.nn.Module, image: int) -> list[int]:
     tr = F.trace(model, torch.zeros(2, 3, image, image))
     fmts = [F.token_format(model, s) for s in tr.out_shapes]
     return [pooled_width(tr.in_shapes[0], F.token_format(model, tr.in_shapes[0]))] + \
-        [pooled_width(s, f) for s, f in zip(tr.out_shapes, fmts)]
+        [pooled_width(s, f) for s, f in zip(tr.out_shapes, fmts, strict=True)]
 
 
 def paper_widths() -> dict[str, list[int]]:
@@ -81,8 +81,8 @@ def run(quick: bool, params: dict[str, Any]) -> Result:
     slow = lambda: [loop_matrix(feats[a], feats[b]) for a, b in pairs]  # noqa: E731
     t = median_times({"all": at_once, "pair": per_pair, "loop": slow}, 1 if quick else 3, warmup=False)
     want = slow()
-    diff = max(max(float(np.abs(x - y).max()) for x, y in zip(per_pair(), want)),
-               max(float(np.abs(at_once()[p] - y).max()) for p, y in zip(pairs, want)))
+    diff = max(max(float(np.abs(x - y).max()) for x, y in zip(per_pair(), want, strict=True)),
+               max(float(np.abs(at_once()[p] - y).max()) for p, y in zip(pairs, want, strict=True)))
     node_pairs = sum(len(feats[a]) * len(feats[b]) for a, b in pairs)
     res.rows.append(Row("2", f"similarity: all {node_pairs} node pairs of {len(pairs)} model pairs "
                         f"({len(names)} models), {n} images, in one call (`linear_cka_all`)",
@@ -99,17 +99,18 @@ def run(quick: bool, params: dict[str, Any]) -> Result:
     by_n = []
     for m in ns:
         fa, fb = synthetic(wa, m, rng, latent), synthetic(wb, m, rng, latent)
-        by_n.append(median_times({"x": lambda: linear_cka_matrix(fa, fb)}, 3)["x"])
+        by_n.append(median_times({"x": lambda fa=fa, fb=fb: linear_cka_matrix(fa, fb)}, 3)["x"])
     nodes = [4, 8, 16] + ([] if quick else [32])
     by_l = []
     for L in nodes:
         fa = synthetic([256] * L, n, rng, latent)
-        by_l.append(median_times({"x": lambda: linear_cka_matrix(fa, fa)}, 3)["x"])
+        by_l.append(median_times({"x": lambda fa=fa: linear_cka_matrix(fa, fa)}, 3)["x"])
     by_m = []
     models_axis = list(range(2, len(names) + 1))
     for M in models_axis:
         sub = list(itertools.combinations_with_replacement(names[:M], 2))
-        by_m.append(median_times({"x": lambda: [linear_cka_matrix(feats[a], feats[b]) for a, b in sub]}, 1)["x"])
+        by_m.append(median_times({"x": lambda sub=sub: [linear_cka_matrix(feats[a], feats[b]) for a, b in sub]},
+                                 1)["x"])
 
     def slope(xs: list[float], ys: list[float]) -> float:
         return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])

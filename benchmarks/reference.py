@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,6 @@ import torch
 
 from dery.partition import Block, PartitionError, Result, Similarity, blocks_from_cuts, size_bound
 from dery.reassembly import Instance, allowed
-
 
 # ----------------------------------------------------------------------------- partition (frozen copy)
 
@@ -29,7 +27,7 @@ def _assign(blocks: dict[str, list[Block]], anchors: list[Block], sim: Similarit
         score = np.array([[sim.block(b, a) + (1e6 if b == a else 0.0) for a in anchors] for b in bs])
         if one_per_model:
             rows, cols = linear_sum_assignment(-score)
-            labels.update({(m, int(r)): int(c) for r, c in zip(rows, cols)})
+            labels.update({(m, int(r)): int(c) for r, c in zip(rows, cols, strict=True)})
         else:
             labels.update({(m, s): int(np.argmax(score[s])) for s in range(len(bs))})
     return labels
@@ -45,7 +43,8 @@ def _random_cuts(rng: np.random.Generator, n: int, k: int, bound: int) -> list[i
 
 
 def _solve_once(sim: Similarity, n_nodes: dict[str, int], k: int, eps: float, iters: int,
-                rng: np.random.Generator, one_per_model: bool) -> tuple[dict[str, list[int]], list[tuple[str, int]], float]:
+                rng: np.random.Generator,
+                one_per_model: bool) -> tuple[dict[str, list[int]], list[tuple[str, int]], float]:
     models = sorted(n_nodes)
     bounds = {m: size_bound(n_nodes[m], k, eps) for m in models}
     cuts = {m: _random_cuts(rng, n_nodes[m], k, bounds[m]) for m in models}
@@ -87,7 +86,8 @@ def _solve_once(sim: Similarity, n_nodes: dict[str, int], k: int, eps: float, it
                 worst = min(labels, key=lambda r: sim.block(blocks[r[0]][r[1]], anchor_block(labels[r])))
                 labels[worst] = j
                 members = [worst]
-            scores = [sum(sim.block(blocks[a[0]][a[1]], blocks[c[0]][c[1]]) for c in members if c != a) for a in members]
+            scores = [sum(sim.block(blocks[a[0]][a[1]], blocks[c[0]][c[1]]) for c in members if c != a)
+                      for a in members]
             anchors[j] = members[int(np.argmax(scores))]
         labels = assign()
         state = (tuple(tuple(cuts[m]) for m in models), tuple(anchors), tuple(sorted(labels.items())))
@@ -116,7 +116,8 @@ def partition(pairs: dict[tuple[str, str], np.ndarray], n_nodes: dict[str, int],
     anchor_blocks = [by_ref[a] for a in anchors]
     labels = _assign({m: [b for b in blocks if b.model == m] for m in n_nodes}, anchor_blocks, sim, one_per_model)
     raw = {b: labels[(b.model, b.stage)] for b in blocks}
-    depth = [np.mean([(b.start + b.end) / 2 / n_nodes[b.model] for b in blocks if raw[b] == j] or [j]) for j in range(k)]
+    depth = [np.mean([(b.start + b.end) / 2 / n_nodes[b.model] for b in blocks if raw[b] == j] or [j])
+             for j in range(k)]
     order = np.argsort(depth, kind="stable")
     rename = {int(old): new for new, old in enumerate(order)}
     return Result(blocks, {b: rename[raw[b]] for b in blocks}, [anchor_blocks[int(o)] for o in order], obj, r)
@@ -160,7 +161,7 @@ def random_search(inst: Instance, max_params: float, max_macs: float, forbid: li
 
     def transitions_ok(sel: list) -> bool:
         filled = [(s, b) for s, b in enumerate(sel) if b is not None]
-        return all(allowed(a, b, forbid) for (i, a), (j, b) in zip(filled, filled[1:]) if j == i + 1)
+        return all(allowed(a, b, forbid) for (i, a), (j, b) in zip(filled, filled[1:], strict=False) if j == i + 1)
 
     for _ in range(trials):
         select: list[dict[str, Any] | None] = [None] * k

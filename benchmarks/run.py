@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="also write the Markdown to this file")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as every Snakemake rule)")
     args = ap.parse_args(argv)
-    from benchmarks.common import load_params
-
     import torch
+
+    from benchmarks.common import load_params
 
     torch.set_num_threads(args.threads)
     wanted = [int(r) for r in args.rows.split(",") if r.strip()]

@@ -6,14 +6,16 @@ One module per stage of the method; none of them imports Snakemake:
 - ``zoo``         build, pretrain-save and load zoo models (timm, safetensors)
 - ``features``    dissect a timm model into block-level nodes, extract pooled node features
 - ``similarity``  linear CKA between every node of two models, vectorised
-- ``partition``   cover-set partition into K blocks per model and K equivalence sets
+- ``partition``   cover-set partition into K blocks per model and K equivalence sets (``random_starts``: its
+                  seeded starts)
 - ``reassembly``  block costs (params, MACs) and the 0-1 program on SCIP
 - ``stitching``   adapters, stems, heads: turn an assembly spec into an ``nn.Module``
 - ``proxy``       training-free scores (NASWOT)
 - ``training``    pretraining and fine-tuning (FZ / FT)
 - ``evaluation``  accuracy, rank correlation, the summary table
 - ``tracking``    MLflow ingestion and read-back
-- ``artifacts``   fine-tuned assemblies as safetensors + versioned spec + model card; ONNX, TorchScript
+- ``artifacts``   fine-tuned assemblies as safetensors + versioned spec (``model_card``: its card;
+                  ``export``: ONNX and TorchScript, checked against PyTorch)
 """
 
 __version__ = "0.1.0"

@@ -12,21 +12,14 @@ Rebuilding creates each source model at random init (timm, ``pretrained=False``)
 exactly as ``stitching.build`` does, and loads the saved weights strictly: no zoo checkpoint
 and no ``results/`` file is read.
 
-Exporters: ``features.OwnStem`` ends the source model's forward by raising at the first node.
-Tracing records only the ops that ran, so ``torch.jit.trace`` and the TorchScript-based ONNX
-exporter (``dynamo=False``) handle it. ``torch.export`` in its default non-strict mode rejects
-the half-run source model, and the dynamo ONNX exporter only succeeds after falling back to
-strict mode, at about 15x the time; dery therefore exports TorchScript by tracing and ONNX
-with ``dynamo=False``.
+The exports live in ``dery.export``, the model card in ``dery.model_card``.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
-import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from . import export
+from .atomic import write_json
+from .integrity import sha256 as sha256_file
+from .model_card import model_card
 
 FORMAT = "dery.assembly"
 FORMAT_VERSION = 1  # bump when a spec written by this dery could not be read by an older one
@@ -62,14 +60,6 @@ def paths(spec_path: str | os.PathLike) -> ArtifactPaths:
     stem = spec.with_suffix("")
     return ArtifactPaths(spec, Path(f"{stem}.safetensors"), Path(f"{stem}.card.md"), Path(f"{stem}.onnx"),
                          Path(f"{stem}.torchscript.pt"))
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -116,12 +106,14 @@ def _as_uint8_stack(images: Any, raw_hw: tuple[int, int]) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)[None]
     arr = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     if arr.dtype != np.uint8:
-        raise ArtifactError(f"preprocess takes uint8 pixels (0-255), a PIL image or an image file; got dtype {arr.dtype}."
-                            " Convert with (x * 255).round().astype(np.uint8) if your pixels are in [0, 1].")
+        raise ArtifactError(f"preprocess takes uint8 pixels (0-255), a PIL image or an image file; got dtype "
+                            f"{arr.dtype}. Convert with (x * 255).round().astype(np.uint8) if your pixels are in "
+                            "[0, 1].")
     arr = arr[None] if arr.ndim == 2 else arr
     if arr.ndim != 3 or tuple(arr.shape[1:]) != tuple(raw_hw):
-        raise ArtifactError(f"preprocess takes grayscale images of {raw_hw[0]}x{raw_hw[1]} pixels ([H, W] or [N, H, W]);"
-                            f" got shape {tuple(arr.shape)}. Pass a PIL image or a file to have it resized.")
+        raise ArtifactError(f"preprocess takes grayscale images of {raw_hw[0]}x{raw_hw[1]} pixels "
+                            f"([H, W] or [N, H, W]); got shape {tuple(arr.shape)}. Pass a PIL image or a file to "
+                            "have it resized.")
     return arr
 
 
@@ -147,7 +139,10 @@ def dissection(features_meta: dict[str, Any]) -> dict[str, Any]:
     keys = ("names", "glue", "stem_modules", "in_shapes", "out_shapes", "fmt", "num_prefix_tokens")
     missing = [k for k in keys if k not in features_meta]
     if missing:
-        raise ArtifactError(f"the dissection lacks {missing}; re-run the features stage (extract_features).")
+        from .integrity import rebuild_command
+
+        raise ArtifactError(f"the dissection lacks {missing} (written by an older dery); re-run the features stage and "
+                            f"what follows: `{rebuild_command('extract_features')}`.")
     return {k: features_meta[k] for k in keys}
 
 
@@ -193,12 +188,6 @@ def _write_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
-    os.replace(tmp, path)
-
-
 def _software() -> dict[str, str]:
     import timm
 
@@ -226,7 +215,7 @@ def save_assembly(model: nn.Module, spec_path: str | os.PathLike, *, blocks: lis
     spec: dict[str, Any] = {
         **info, "format": FORMAT, "format_version": FORMAT_VERSION, "stem": stem, "adapter_init": adapter_init,
         "blocks": [{**b, "nodes": nodes, "sha256": h}
-                   for b, nodes, h in zip(blocks, parts["block_nodes"], parts["block_sha256"])],
+                   for b, nodes, h in zip(blocks, parts["block_nodes"], parts["block_sha256"], strict=False)],
         "sources": {m: sources[m] for m in used},
         "stem_module": {"mode": stem, "model": blocks[0]["model"], "sha256": parts["stem_sha256"]},
         "adapters": parts["adapters"], "head": parts["head"], "input": fashion_mnist_input(),
@@ -243,78 +232,10 @@ def save_assembly(model: nn.Module, spec_path: str | os.PathLike, *, blocks: lis
         spec["reference"] = {"images_uint8_base64": base64.b64encode(ref.tobytes()).decode(), "shape": list(ref.shape),
                              "logits": logits.tolist()}
         if exports:
-            spec["exports"] = _export_all(model, files, x, logits)
-    _write_json(files.spec, spec)
+            spec["exports"] = export.export_all(model, files.onnx, files.torchscript, x, logits)
+    write_json(files.spec, spec)
     files.card.write_text(model_card(spec))
     return spec
-
-
-def _export_all(model: nn.Module, files: ArtifactPaths, x: torch.Tensor, logits: torch.Tensor) -> dict[str, Any]:
-    """ONNX and TorchScript files, each checked against the PyTorch logits on the reference images.
-
-    An exporter that cannot handle some block is recorded in the spec (and the card) with its error,
-    not raised: the fine-tuned weights, the job's real product, must never be lost to an export.
-    """
-    ref = logits.numpy()
-
-    def onnx() -> dict[str, Any]:
-        export_onnx(model, files.onnx, x[:1])
-        diff = float(np.abs(run_onnx(files.onnx, x.numpy()) - ref).max())
-        return {"file": files.onnx.name, "sha256": sha256_file(files.onnx), "max_abs_diff": diff,
-                "runtime": "onnxruntime", "input": "images", "output": "logits"}
-
-    def torchscript() -> dict[str, Any]:
-        export_torchscript(model, files.torchscript, x[:1])
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            diff = float((torch.jit.load(str(files.torchscript))(x) - logits).abs().max())
-        return {"file": files.torchscript.name, "sha256": sha256_file(files.torchscript), "max_abs_diff": diff,
-                "how": "torch.jit.trace"}
-
-    out: dict[str, Any] = {}
-    for name, export in (("onnx", onnx), ("torchscript", torchscript)):
-        try:
-            out[name] = export()
-        except Exception as exc:  # noqa: BLE001 - exporters raise many types; the message is what matters
-            logging.getLogger("dery").warning("%s export failed (weights and spec are kept): %s", name, exc)
-            out[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:500]}"}
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- exports
-
-def export_torchscript(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> None:
-    """Trace to TorchScript; the traced graph takes any batch size at the example's image size."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with torch.no_grad(), warnings.catch_warnings():
-        # shape comparisons (resize: grid already right?) are constants for a fixed input size, as intended
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, yet follows OwnStem (see top)
-        traced = torch.jit.trace(model.eval(), example, check_trace=False)
-    traced.save(str(tmp))
-    os.replace(tmp, path)
-
-
-def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, opset: int = 17) -> None:
-    """ONNX with a dynamic batch axis, input ``images`` and output ``logits`` (TorchScript-based exporter: see top)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)  # dynamo=False is deprecated, yet the one that works
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.onnx.export(model.eval(), (example,), str(tmp), dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-    os.replace(tmp, path)
-
-
-def run_onnx(path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["logits"], {"images": np.ascontiguousarray(images, dtype=np.float32)})[0]
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -337,8 +258,8 @@ def read_spec(path: str | os.PathLike) -> dict[str, Any]:
     if spec["format_version"] > FORMAT_VERSION:
         from . import __version__
 
-        raise ArtifactError(f"{path} has format_version {spec['format_version']}, but this dery ({__version__}) reads up "
-                            f"to {FORMAT_VERSION}. Upgrade dery to the version that wrote it "
+        raise ArtifactError(f"{path} has format_version {spec['format_version']}, but this dery ({__version__}) "
+                            f"reads up to {FORMAT_VERSION}. Upgrade dery to the version that wrote it "
                             f"({spec.get('software', {}).get('dery', 'see its `software` field')}), or re-export the "
                             "assembly with this one.")
     return spec
@@ -391,10 +312,11 @@ def rebuild(spec: dict[str, Any]) -> nn.Module:
     model, _ = ST.build({"blocks": spec["blocks"]}, infos, spec["head"]["num_classes"], spec["stem"], "random", 0,
                         spec["input"]["height"])
     built = describe(model, {})
-    for i, (want, got) in enumerate(zip(spec["adapters"], built["adapters"])):
+    for i, (want, got) in enumerate(zip(spec["adapters"], built["adapters"], strict=False)):
         if {k: v for k, v in want.items() if k != "sha256"} != {k: v for k, v in got.items() if k != "sha256"}:
             raise ArtifactError(f"adapter {i} rebuilds as {got} but the spec records {want}: this dery cuts the models "
-                                f"differently from the one that wrote the spec ({spec.get('software')}); install that one.")
+                                f"differently from the one that wrote the spec ({spec.get('software')}); install that "
+                                "one.")
     if built["block_nodes"] != [b["nodes"] for b in spec["blocks"]]:
         raise ArtifactError(f"the blocks rebuild with nodes {built['block_nodes']}, the spec records "
                             f"{[b['nodes'] for b in spec['blocks']]}; install the versions in its `software` field.")
@@ -419,8 +341,9 @@ def load_assembly(path: str | os.PathLike) -> nn.Module:
     actual = sha256_file(weights)
     if actual != spec["weights"]["sha256"]:
         raise ArtifactError(f"weights {weights} do not match their spec {spec_path}: sha256 {actual[:16]}..., the spec "
-                            f"expects {spec['weights']['sha256'][:16]}.... One of the two was changed or they come from "
-                            "different runs; restore the pair written together (or re-run the finetune job).")
+                            f"expects {spec['weights']['sha256'][:16]}.... One of the two was changed or they come "
+                            "from different runs; restore the pair written together, or rebuild both with "
+                            f"`snakemake --cores all --forcerun {spec_path}` in the project that made them.")
     state = load_file(str(weights))
     _check_part_hashes(spec, state, spec_path)
     with torch.random.fork_rng():  # building seeds torch; leave the caller's random state as it was
@@ -460,95 +383,3 @@ def reference_images(spec: dict[str, Any]) -> np.ndarray:
         raise ArtifactError(f"the spec of {spec.get('id', 'this assembly')} records no reference images; re-save it "
                             "with `reference_images`.")
     return np.frombuffer(base64.b64decode(ref["images_uint8_base64"]), dtype=np.uint8).reshape(ref["shape"]).copy()
-
-
-# ---------------------------------------------------------------------------------------------- model card
-
-def _fmt(v: Any, pct: bool = False) -> str:
-    if v is None:
-        return "n/a"
-    if pct:
-        return f"{100 * float(v):.2f}%"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def model_card(spec: dict[str, Any]) -> str:
-    """Markdown: use, provenance of every block with its licence, data, numbers, files."""
-    name = Path(spec["weights"]["file"]).with_suffix(".json").name
-    src = spec["sources"]
-    lines = [f"# dery assembly `{spec.get('id', '?')}`: budget `{spec.get('budget', '?')}`, rank "
-             f"{spec.get('rank', '?')}, protocol {spec.get('protocol', '?')}", "",
-             f"A network reassembled by dery {spec['software']['dery']} (Deep Model Reassembly, Yang et al., NeurIPS "
-             f"2022) from {len(spec['blocks'])} pretrained blocks of {len(src)} source model(s), joined by 1x1-conv "
-             f"adapters, then fine-tuned "
-             + (("with the pretrained blocks frozen (FZ: adapters and head trained; the first block's own stem frozen too)."
-                 if spec.get("stem") == "own" else
-                 "with the pretrained blocks frozen (FZ: the fresh stem, adapters and head trained).")
-                if spec.get("protocol") == "FZ"
-                else "with every weight trained (FT)."), "",
-             "## Use", "", "```python", "import dery", f'model = dery.load_assembly("{name}")  # torch.nn.Module, eval mode',
-             'logits = model(dery.preprocess("image.png", model.dery_spec))',
-             'print(model.dery_spec["classes"][logits.argmax(1).item()])', "```", "",
-             f"Input: {spec['input']['dtype']} [N, {spec['input']['channels']}, {spec['input']['height']}, "
-             f"{spec['input']['width']}] ({spec['input']['steps']}; mean {spec['input']['mean']}, std "
-             f"{spec['input']['std']}) from {spec['input']['raw']['height']}x{spec['input']['raw']['width']} "
-             f"{spec['input']['raw']['mode']} images. Output: logits over {len(spec['classes'])} classes: "
-             + ", ".join(spec["classes"]) + ".", "",
-             "## Where each part came from", "",
-             "| part | source model | timm architecture | nodes | pretrained on | licence | weights sha256 |",
-             "|---|---|---|---|---|---|---|"]
-    first = spec["stem_module"]
-    stem_from = (f"own stem of `{first['model']}`" if first["mode"] == "own" else "fresh (random init, trained here)")
-    lines.append(f"| stem | {first['model'] if first['mode'] == 'own' else '-'} | "
-                 f"{src[first['model']]['arch'] if first['mode'] == 'own' else '-'} | {stem_from} | "
-                 f"{_pretrained(src[first['model']]) if first['mode'] == 'own' else '-'} | "
-                 f"{src[first['model']]['license'] if first['mode'] == 'own' else '-'} | `{first['sha256'][:12]}` |")
-    for i, b in enumerate(spec["blocks"]):
-        s = src[b["model"]]
-        if i:
-            a = spec["adapters"][i - 1]
-            desc = ("identity (consecutive blocks of one model)" if a["kind"] == "identity" else
-                    f"1x1 conv {a['from']['fmt']} {a['from']['channels']}ch {a['from']['grid']} -> {a['to']['fmt']} "
-                    f"{a['to']['channels']}ch {a['to']['grid']} ({spec['adapter_init']} init)")
-            lines.append(f"| adapter {i} | - | - | {desc} | - | - | `{a['sha256'][:12]}` |")
-        lines.append(f"| block {i + 1} | {b['model']} | {s['arch']}{' ' + json.dumps(s['kwargs']) if s['kwargs'] else ''} | "
-                     f"{b['start']}-{b['end']}: {', '.join(b['nodes'])} | {_pretrained(s)} | {s['license']} | "
-                     f"`{b['sha256'][:12]}` |")
-    h = spec["head"]
-    lines += [f"| head | - | - | global average pool + linear {h['from']['channels']} -> {h['num_classes']} | - | - | "
-              f"`{h['sha256'][:12]}` |", ""]
-    for m, s in src.items():
-        if s.get("checkpoint_sha256"):
-            lines.append(f"- `{m}`: checkpoint sha256 `{s['checkpoint_sha256']}`")
-    data = spec.get("data") or {}
-    lines += ["", "## Data", ""]
-    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in data.items()] or ["- not recorded"]
-    lines += ["", "## Numbers", "", "| params | MACs (32x32) | proxy score | val acc | test acc | trainable params |",
-              "|---|---|---|---|---|---|",
-              f"| {_fmt(spec.get('params'))} | {_fmt(spec.get('macs'))} | {_fmt(spec.get('proxy_score'))} "
-              f"({spec.get('proxy', 'proxy')}) | {_fmt(spec.get('val_acc'), True)} | {_fmt(spec.get('test_acc'), True)} | "
-              f"{_fmt(spec.get('trainable_params'))} |", "",
-              "MACs count one multiply-accumulate as 1; params include stem, adapters and head.", "",
-              "## Files", "", "| file | sha256 | check |", "|---|---|---|",
-              f"| {spec['weights']['file']} | `{spec['weights']['sha256']}` | verified by `dery.load_assembly` |"]
-    for kind, e in (spec.get("exports") or {}).items():
-        if "error" in e:
-            lines.append(f"| (no {kind} file) | | export failed: {e['error']} |")
-            continue
-        lines.append(f"| {e['file']} | `{e['sha256']}` | {kind}: max abs logit diff {e['max_abs_diff']:.2e} vs PyTorch "
-                     f"on {REFERENCE_IMAGES} test images |")
-    lines += ["", "## Limitations", "",
-              "Fine-tuned and tested on Fashion-MNIST-style images only (28x28 grayscale, white object on black, "
-              "padded to 32x32); other images are out of distribution. Accuracies come from one seeded run.", "",
-              f"Built with {', '.join(f'{k} {v}' for k, v in spec['software'].items())}; spec format "
-              f"{spec['format']} v{spec['format_version']}.", ""]
-    return "\n".join(lines)
-
-
-def _pretrained(s: dict[str, Any]) -> str:
-    origin = s.get("pretrained_from")
-    classes = s.get("source_classes")
-    where = f"source {s.get('source')}" + (f" (Fashion-MNIST classes {classes})" if classes else "")
-    return where if origin in (None, "trained here") else f"{where}, from {origin}"

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .params_file import MAX_VALUES, clip, too_many_values
+
 
 class ParamsError(ValueError):
     """A problem in the params file; ``str()`` is the user-facing paragraph."""
@@ -30,13 +32,52 @@ def _schema_problems(config: dict, schema: dict) -> list[str]:
         if err.validator == "additionalProperties":
             allowed = list(err.schema.get("properties", {}))
             extra = [k for k in err.instance if k not in allowed]
-            hints = [f"`{k}` (did you mean `{m[0]}`?)" if (m := difflib.get_close_matches(k, allowed, 1)) else f"`{k}`"
-                     for k in extra]
+            hints = [_unknown_key_hint(str(k), allowed) for k in extra]
             out.append(f"`{where}` has unknown key(s) {', '.join(hints)}; allowed: {', '.join(allowed)}.")
         else:
             desc = err.schema.get("description")
-            out.append(f"`{where}`: {err.message}" + (f" (expected: {desc})" if desc else "") + ".")
+            out.append(f"`{where}`: {_schema_message(err)}" + (f" (expected: {desc})" if desc else "") + ".")
     return out
+
+
+def _unknown_key_hint(key: str, allowed: list[str]) -> str:
+    head, _, rest = key.partition(".")
+    if rest and head in allowed:  # `partition.K: 4` at the top level is a key named "partition.K"
+        return (f"`{clip(key, 60, quote=False)}` (a dotted name is not a path here: nest it, "
+                f"`{head}: {{{clip(rest, 40, quote=False).split('.')[0]}: ...}}`)")
+    match = difflib.get_close_matches(key, allowed, 1)
+    return f"`{clip(key, 60, quote=False)}`" + (f" (did you mean `{match[0]}`?)" if match else "")
+
+
+def _quoted_number(value: Any, want: Any) -> bool:
+    """A number given as text: what Snakemake's `--config 'partition={K: 4}'` makes of every nested value."""
+    if not isinstance(value, str) or "string" in (want if isinstance(want, list) else [want]):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return value in ("true", "false", "True", "False")
+    return True
+
+
+def _schema_message(err) -> str:
+    """jsonschema's message, but quoting the offending value in bounded length (its own messages print the
+    whole value, which for a value built from YAML aliases is gigabytes), and naming minimum counts."""
+    inst, want = err.instance, err.validator_value
+    if err.validator == "type":
+        if _quoted_number(inst, want):
+            return (f"{clip(inst)} is text, not {want} (Snakemake's --config reads every value inside {{...}} as "
+                    "text: change the value in a copy of the params file, or drop the quotes there)")
+        return f"{clip(inst)} is not of type {want}"
+    if err.validator == "enum":
+        return f"{clip(inst)} is not one of {want}"
+    if err.validator in ("minItems", "maxItems") and isinstance(inst, (list, dict)):
+        bound = "at least" if err.validator == "minItems" else "at most"
+        return f"has {len(inst)} item{'s' * (len(inst) != 1)}; it needs {bound} {want}"
+    if err.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        rel = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[err.validator]
+        return f"{clip(inst)} is out of range; it must be {rel} {want}"
+    return clip(err.message, 300)
 
 
 # Keys where `.inf` means "no limit" (a budget without a params or MAC cap); everywhere else a number must be finite.
@@ -72,6 +113,39 @@ def _meta_model(entry: dict):
 
     with torch.device("meta"):
         return timm.create_model(entry["arch"], pretrained=False, num_classes=10, **(entry.get("kwargs") or {}))
+
+
+def _input_size_problem(model) -> str | None:
+    """A forward pass on the meta device at the size every stage feeds (free: no memory, no arithmetic), so a
+    model that cannot take that input (a ViT built for 224 px) is found here, not by the pretraining job."""
+    import torch
+
+    from .data import IMAGE_SIZE
+
+    try:
+        with torch.device("meta"), torch.no_grad():
+            model(torch.empty(2, 3, IMAGE_SIZE, IMAGE_SIZE))
+    except Exception as exc:  # noqa: BLE001 - timm asserts, torch raises RuntimeError/ValueError on shapes
+        return (f"cannot run on the {IMAGE_SIZE}x{IMAGE_SIZE} images every stage feeds it ({type(exc).__name__}: "
+                f"{clip(str(exc), 200)}). For a ViT or Swin give `img_size: {IMAGE_SIZE}` in its kwargs (and a "
+                "`patch_size`/`window_size` that divides it); for a CNN, fewer downsampling stages.")
+    return None
+
+
+def tracking_problems(uri: str, where: str = "`tracking.uri`", timeout_s: float = 3.0) -> list[str]:
+    """The MLflow store, before any job: MLflow 3 refuses a folder store (found only by the ingest, after every
+    job ran), and a server that does not answer is found here by a fast probe of its /health endpoint."""
+    from . import tracking
+
+    if uri.startswith("file:") or "://" not in uri:
+        return [f"{where} = {clip(uri)} is a folder store, which MLflow 3 refuses; use a SQLite file under results/ "
+                "(sqlite:///results/mlflow.db, the default when `tracking.uri` is null) or a server (http://HOST:PORT)."]
+    if uri.startswith(("http://", "https://")):
+        try:
+            tracking.check_reachable(uri, timeout_s)
+        except tracking.StoreUnavailable as exc:
+            return [f"{where}: {exc}"]
+    return []
 
 
 def _source_problems(config: dict) -> list[str]:
@@ -116,8 +190,21 @@ def semantic_problems(config: dict, workdir: Path) -> list[str]:
                         "resources/ (the default is resources/fashion-mnist).")
     uri = (config.get("tracking") or {}).get("uri") or ""
     if uri.startswith("sqlite:///") and not _inside(workdir / uri[len("sqlite:///"):], roots):
-        problems.append(f"`tracking.uri` = {uri} would write an MLflow store outside the project; put the SQLite "
-                        "file under results/ or leave `tracking.uri` null.")
+        problems.append(f"`tracking.uri` = {clip(uri)} would write an MLflow store outside the project; put the "
+                        "SQLite file under results/ or leave `tracking.uri` null.")
+    env_uri = os.environ.get("DERY_TRACKING_URI")
+    if env_uri or uri:
+        problems += tracking_problems(env_uri or uri, "$DERY_TRACKING_URI" if env_uri else "`tracking.uri`")
+    for stage in ("zoo_training", "finetune"):
+        c = config[stage]
+        if c["warmup_epochs"] > c["epochs"]:
+            problems.append(f"`{stage}.warmup_epochs` = {c['warmup_epochs']} is longer than `{stage}.epochs` = "
+                            f"{c['epochs']}: the learning rate would never reach `{stage}.lr`; lower the warm-up.")
+    proxy = config["proxy"]
+    if proxy["batches"] * proxy["batch_size"] > config["target"]["train_images"]:
+        problems.append(f"`proxy.batches` x `proxy.batch_size` = {proxy['batches'] * proxy['batch_size']} images is "
+                        f"more than the target train split (`target.train_images` = "
+                        f"{config['target']['train_images']}); lower one of them.")
     root = config["data"].get("root")
     if root is not None:
         from .data import DataError, find_fashion_mnist
@@ -160,8 +247,12 @@ def semantic_problems(config: dict, workdir: Path) -> list[str]:
         try:
             model = _meta_model(entry)
         except Exception as exc:  # timm raises TypeError/AssertionError/ValueError for bad kwargs
-            problems.append(f"{where}: timm cannot build `{entry['arch']}` with kwargs {entry.get('kwargs')}: "
-                            f"{type(exc).__name__}: {exc}. Fix its `kwargs`.")
+            problems.append(f"{where}: timm cannot build `{entry['arch']}` with kwargs {clip(entry.get('kwargs'))}: "
+                            f"{type(exc).__name__}: {clip(str(exc), 300)}. Fix its `kwargs`.")
+            continue
+        problem = _input_size_problem(model)
+        if problem:
+            problems.append(f"{where}: `{entry['arch']}` with kwargs {clip(entry.get('kwargs'))} {problem}")
             continue
         try:
             node_counts[entry["id"]] = len(features.node_names(model))
@@ -185,7 +276,8 @@ def semantic_problems(config: dict, workdir: Path) -> list[str]:
 def check(config: dict, schema_path: str | os.PathLike, workdir: str | os.PathLike = ".") -> None:
     """Raise ParamsError with every problem found (schema first, then semantics)."""
     schema = yaml.safe_load(Path(schema_path).read_text())
-    problems = non_finite_problems(config) + _schema_problems(config, schema)
+    huge = too_many_values(config, "the params (file and --config overrides together)", MAX_VALUES)
+    problems = [huge] if huge else non_finite_problems(config) + _schema_problems(config, schema)
     if not problems:
         import copy
 

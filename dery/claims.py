@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -101,8 +102,8 @@ def depth_alignment(cka: np.ndarray, rng: np.random.Generator, permutations: int
         o2, b2 = _match_depths(cb.T)
         null[p] = np.mean(np.abs(np.concatenate([o1, o2]) - np.concatenate([b1, b2])))
     return {"mean_abs_ddepth": obs, "spearman": rho, "null_mean": float(null.mean()),
-            "null_p05": float(np.quantile(null, 0.05)), "p_value": float((1 + np.sum(null <= obs)) / (1 + permutations)),
-            "null": null}
+            "null_p05": float(np.quantile(null, 0.05)),
+            "p_value": float((1 + np.sum(null <= obs)) / (1 + permutations)), "null": null}
 
 
 def summarise_depth_alignment(per_pair: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -132,16 +133,17 @@ def random_partition_alignment(n_nodes: dict[str, int], k: int, eps: float, one_
     (a random permutation per model with ``one_per_model``, else independent uniform labels), then
     the sets renumbered by the mean relative depth of their members, as ``partition.partition`` does."""
     from . import partition as P
+    from . import random_starts as RS
 
     out = np.empty(draws)
     models = sorted(n_nodes)
     for d in range(draws):
         stages, labels, depth = [], [], []
         for m in models:
-            cuts = P._random_cuts(rng, n_nodes[m], k, P.size_bound(n_nodes[m], k, eps))
+            cuts = RS.random_cuts(rng, n_nodes[m], k, P.size_bound(n_nodes[m], k, eps))
             blocks = P.blocks_from_cuts(m, cuts, n_nodes[m])
             lab = rng.permutation(k) if one_per_model else rng.integers(0, k, size=k)
-            for b, lb in zip(blocks, lab):
+            for b, lb in zip(blocks, lab, strict=True):
                 stages.append(b.stage)
                 labels.append(int(lb))
                 depth.append((b.start + b.end) / 2 / n_nodes[m])
@@ -355,7 +357,7 @@ def uniform_feasible(inst, max_params: float, max_macs: float, forbid, rng: np.r
     def feasible(combo):
         if len({b["set"] for b in combo}) != inst.k or (not keep_single_model and _single_model(combo)):
             return None
-        if not all(R.allowed(a, b, forbid) for a, b in zip(combo, combo[1:])):
+        if not all(R.allowed(a, b, forbid) for a, b in zip(combo, combo[1:], strict=False)):
             return None
         p, m = inst.totals(list(combo))
         return (p, m) if p <= max_params and m <= max_macs else None

@@ -1,5 +1,6 @@
 """``dery``: the result tables from MLflow, and the DVC team workflow around the Snakemake pipeline.
 
+    dery run      [PARAMS_FILE] [SNAKEMAKE_ARGS...]   check the params file, then snakemake --cores all
     dery results  [--params FILE | --experiment NAME] [--tracking-uri URI] [--csv PATH]
     dery restore  [--no-pull] [--remote NAME]    after a clone: dvc pull, check, snakemake --touch
     dery verify                                  every DVC-tracked file matches dvc.lock?
@@ -31,13 +32,45 @@ class CliError(RuntimeError):
 # --- dery results ------------------------------------------------------------------------------
 
 def _params(path: str | None) -> dict:
+    from . import params_file
+
     if path is None:
         return {}
-    p = Path(path)
-    if not p.is_file():
-        raise CliError(f"params file {path} not found; pass one of {sorted(str(q) for q in Path('params').glob('*.yaml'))}"
-                       " or --experiment NAME.")
-    return yaml.safe_load(p.read_text()) or {}
+    try:
+        return params_file.load(path)
+    except params_file.ParamsFileError as exc:
+        raise CliError(str(exc).removeprefix("dery: ")) from None
+
+
+# --- dery run ----------------------------------------------------------------------------------
+
+def snakemake_command(params: str | None, args: Sequence[str]) -> list[str]:
+    """``snakemake`` with the user's arguments, ``--cores all`` unless they chose, the params file last (Snakemake's
+    ``--configfile`` takes every word after it, so a target placed after it would be read as a second file)."""
+    args = list(args[1:] if args[:1] == ["--"] else args)
+    chose = any(re.fullmatch(r"-[cj](\d+|all)?|--(cores|jobs)(=.*)?", a) for a in args)
+    return [sys.executable, "-m", "snakemake", *([] if chose else ["--cores", "all"]), *args,
+            *(["--configfile", params] if params else [])]
+
+
+def run(params: str | None, args: Sequence[str]) -> None:
+    """Read the params file with dery's rules first (Snakemake's own loader answers a missing or non-UTF-8 file
+    with a traceback and lets a repeated key overwrite the first), then hand over to Snakemake."""
+    import os
+
+    if params is not None:
+        _params(params)
+    in_config = False
+    for a in args:  # Snakemake refuses these with a traceback
+        if a.startswith("-"):
+            in_config = a in ("--config", "-C")
+        elif in_config and not re.fullmatch(r"[a-zA-Z_][\w-]*\w=.*", a, re.S):
+            raise CliError(f"`--config {a}`: Snakemake's --config takes top-level KEY=VALUE pairs (a dotted "
+                           "`partition.K=4` is not one, and values nested in {...} arrive as text); change nested "
+                           "values in a copy of the params file and give that file instead.")
+    cmd = snakemake_command(params, args)
+    sys.stdout.flush()
+    os.execv(cmd[0], cmd)  # Snakemake takes the process over: its exit code and Ctrl-C behave as if called directly
 
 
 def results(params_file: str | None, experiment: str | None, tracking_uri: str | None, csv: str | None) -> str:
@@ -187,9 +220,14 @@ def fetch_data(dest: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dery", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    n = sub.add_parser("run", help="check a params file, then run the workflow on it (snakemake --cores all "
+                                   "[ARGS] --configfile FILE)")
+    n.add_argument("params", nargs="?", help="params file, a .yaml (default: the embedded params/default.yaml)")
+    n.add_argument("snakemake_args", nargs="*", help="passed to snakemake (targets, -n, --forcerun ...)")
     r = sub.add_parser("results", help="print the paper-style result tables from MLflow (Markdown) and write CSV")
     r.add_argument("--params", default=None,
-                   help=f"params file: its `name:` is the experiment, its tracking.uri the store (default {DEFAULT_PARAMS})")
+                   help=f"params file: its `name:` is the experiment, its tracking.uri the store "
+                        f"(default {DEFAULT_PARAMS})")
     r.add_argument("--experiment", help="MLflow experiment name (instead of a params file)")
     r.add_argument("--tracking-uri", help="MLflow store, e.g. http://127.0.0.1:5000 (default: $DERY_TRACKING_URI, "
                                           "the params file's tracking.uri, else sqlite:///results/mlflow.db)")
@@ -257,6 +295,16 @@ def fingerprint_diff(a: str, b: str) -> tuple[bool, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"] and not {"-h", "--help"} & set(argv[1:2]):
+        # by hand: argparse would take snakemake's options (-n, --forcerun) for its own
+        rest = argv[1:]
+        params = rest.pop(0) if rest and rest[0].endswith((".yaml", ".yml")) else None
+        try:
+            run(params, rest)
+        except CliError as exc:
+            print(f"dery run: {exc}", file=sys.stderr)
+            return 2
     args = _parser().parse_args(argv)
     try:
         if args.command == "results":

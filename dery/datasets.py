@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -195,11 +196,11 @@ def folder_to_idx(root: str | os.PathLike, out_dir: str | os.PathLike, size: int
     root, out_dir = Path(root), Path(out_dir)
     classes = None
     arrays = {}
-    for split, stem in zip(splits, ("train", "t10k")):
+    for split, stem in zip(splits, ("train", "t10k"), strict=False):
         d = root / split
         if not d.is_dir():
-            raise DatasetMissing(f"ImageFolder dataset not found: expected {d}/<class>/<image> (and {root / splits[1]}). "
-                                 "Fix `data.dataset.root` in your params file.")
+            raise DatasetMissing(f"ImageFolder dataset not found: expected {d}/<class>/<image> "
+                                 f"(and {root / splits[1]}). Fix `data.dataset.root` in your params file.")
         names = sorted(p.name for p in d.iterdir() if p.is_dir())
         if classes is None:
             classes = names

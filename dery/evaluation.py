@@ -169,7 +169,8 @@ def _tau_text(corr: dict[str, float]) -> str:
         if f"kendall_tau_{proto}" in corr:
             tau = corr[f"kendall_tau_{proto}"]
             n = corr[f"n_{proto}"]
-            parts.append(f"{proto} " + ("n/a (needs >= 3 distinct assemblies in a budget)" if math.isnan(tau) else f"{tau:+.3f}")
+            parts.append(f"{proto} " + ("n/a (needs >= 3 distinct assemblies in a budget)" if math.isnan(tau)
+                                        else f"{tau:+.3f}")
                          + f" (n={n})")
     return "; ".join(parts) if parts else "no fine-tuned assemblies"
 
@@ -206,10 +207,10 @@ def results_markdown(df: pd.DataFrame, experiment: str, tracking_uri: str) -> st
     md = [f"# dery results: experiment `{experiment}`", "",
           f"Read back from MLflow ({tracking_uri}), latest run per key. Top-1 accuracy on the Fashion-MNIST test set "
           "(touched once per network). Params include stem, adapters and head. " + UNITS_NOTE + " NASWOT = the "
-          "training-free proxy score that ranked the assemblies (higher first). FZ = pretrained blocks frozen, FT = all "
-          "weights trained; `scratch` = the best-ranked assembly's architecture from random initialisation; `zoo` = "
-          "each zoo model fine-tuned from its pretraining (FT); \"fits budget\" compares params and MACs with the "
-          "budget's limits.", ""]
+          "training-free proxy score that ranked the assemblies (higher first). FZ = pretrained blocks frozen, "
+          "FT = all weights trained; `scratch` = the best-ranked assembly's architecture from random initialisation; "
+          "`zoo` = each zoo model fine-tuned from its pretraining (FT); \"fits budget\" compares params and MACs with "
+          "the budget's limits.", ""]
     for budget in sorted(b for b in table["budget"].unique() if b != "zoo"):
         lim = limits.get(budget, {})
         head = f"## Budget `{budget}`"

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,7 +132,7 @@ def trace(model: nn.Module, x: torch.Tensor, nodes: list[str] | None = None) -> 
     first = starts[nodes[0]]
     stem = [n for k, n in events[:first] if k == "start" and n not in ancestors(nodes[0])]
     glue: list[list[str]] = [[]]
-    for prev, node in zip(nodes, nodes[1:]):
+    for prev, node in zip(nodes, nodes[1:], strict=False):
         window = events[ends[prev] + 1: starts[node]]
         finished = {n for k, n in window if k == "end"}
         ran = [n for k, n in window if k == "start" and n in finished and n not in ancestors(node)]
@@ -169,7 +170,8 @@ class Segment(nn.Module):
         super().__init__()
         mods = dict(model.named_modules())
         names: list[str] = []
-        for j in range(start, end + 1):  # glue before a node belongs to it: a block's input is the previous node's output
+        # glue before a node belongs to it: a block's input is the previous node's output
+        for j in range(start, end + 1):
             names += tr.glue[j] + [tr.nodes[j]]
         self.names = names
         self.body = nn.Sequential(*[copy.deepcopy(mods[n]) for n in names])
@@ -354,7 +356,7 @@ def node_family(model: nn.Module, name: str, fmt: str) -> str:
 
 def describe(model: nn.Module, nf: NodeFeatures, tr: Trace) -> dict:
     """The JSON-able dissection of a model that building assemblies needs (results/features/{model}.json)."""
-    fams = [node_family(model, n, f) for n, f in zip(tr.nodes, nf.fmt[1:])]
+    fams = [node_family(model, n, f) for n, f in zip(tr.nodes, nf.fmt[1:], strict=False)]
     return {"names": nf.names, "glue": tr.glue, "stem_modules": tr.stem_modules,
             "in_shapes": [list(s) for s in nf.in_shapes], "out_shapes": [list(s) for s in nf.out_shapes],
             "fmt": nf.fmt, "family": [fams[0]] + fams,  # the stem takes its first node's family

@@ -22,8 +22,9 @@ import contextlib
 import os
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -128,7 +129,8 @@ def _prefix_hint(unexpected: list[str], wanted: set[str]) -> str:
     top = counts.most_common(3)
     if len(top) == 1:
         prefix, n = top[0]
-        return f" {n} unexpected key(s) fit once `{prefix}` is stripped: add `remap: {{\"{prefix}\": \"\"}}` to the entry."
+        return (f" {n} unexpected key(s) fit once `{prefix}` is stripped: add `remap: {{\"{prefix}\": \"\"}}` to "
+                "the entry.")
     listed = ", ".join(f"`{p}` ({n} keys)" for p, n in top)
     return (f" Unexpected keys fit once one of these prefixes is stripped: {listed}; keep the encoder you want with "
             f"`remap: {{\"{top[0][0]}\": \"\"}}` (or another of them) and drop the rest with null.")

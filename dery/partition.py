@@ -26,12 +26,12 @@ block's set by its stage index, so stage alignment still has to emerge.
 """
 from __future__ import annotations
 
-import functools
 import itertools
-import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from . import random_starts as RS
 
 
 class PartitionError(ValueError):
@@ -74,7 +74,7 @@ def blocks_from_cuts(model: str, cuts: list[int], n_nodes: int) -> list[Block]:
     """cuts = first node of stages 1..K-1."""
     starts = [1] + list(cuts)
     ends = [c - 1 for c in cuts] + [n_nodes]
-    return [Block(model, k, s, e) for k, (s, e) in enumerate(zip(starts, ends))]
+    return [Block(model, k, s, e) for k, (s, e) in enumerate(zip(starts, ends, strict=True))]
 
 
 def _assign(blocks: dict[str, list[Block]], anchors: list[Block], sim: Similarity,
@@ -86,23 +86,14 @@ def _assign(blocks: dict[str, list[Block]], anchors: list[Block], sim: Similarit
 
     labels = {}
     for m, bs in blocks.items():
-        score = np.array([[sim.block(b, a) + (1e6 if b == a else 0.0) for a in anchors] for b in bs])  # anchors stay home
+        # anchors stay home
+        score = np.array([[sim.block(b, a) + (1e6 if b == a else 0.0) for a in anchors] for b in bs])
         if one_per_model:
             rows, cols = linear_sum_assignment(-score)
-            labels.update({(m, int(r)): int(c) for r, c in zip(rows, cols)})
+            labels.update({(m, int(r)): int(c) for r, c in zip(rows, cols, strict=True)})
         else:
             labels.update({(m, s): int(np.argmax(score[s])) for s in range(len(bs))})
     return labels
-
-
-def _random_cuts(rng: np.random.Generator, n: int, k: int, bound: int) -> list[int]:
-    for _ in range(10_000):
-        cuts = sorted(rng.choice(np.arange(2, n + 1), size=k - 1, replace=False).tolist())
-        sizes = np.diff([1] + cuts + [n + 1])
-        if sizes.max() <= bound:
-            return cuts
-    # a tight bound: even cuts always satisfy it
-    return [1 + round(i * n / k) for i in range(1, k)]
 
 
 @dataclass
@@ -118,160 +109,6 @@ class Result:
         return {"objective": self.objective, "best_restart": self.restart,
                 "anchors": [asdict(a) for a in self.anchors], "sets": sets,
                 "blocks": [dict(asdict(b), set=self.set_of[b]) for b in self.blocks]}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Random starts. A restart draws each model's cuts by rejection (``rng.choice`` of K-1 cut points until every block
-# fits the size bound: ~455 draws for a 16-node model at K=4, eps=0.2, ~4,700 per restart for the paper's zoo) and
-# then K anchors. At microseconds of Python overhead per ``rng.choice`` call that alone took longer than the whole
-# solve, so the draws are replayed in bulk, for all restarts at once, from the same PCG64 streams:
-# ``Generator.choice(pop, size, replace=False)`` is Floyd's algorithm followed by a Fisher-Yates shuffle, each step
-# one Lemire bounded draw from the next 32-bit word (the low half of a 64-bit output, then its high half). A restart
-# that meets a draw Lemire's method would reject, or a numpy whose choice() no longer matches this replay (checked
-# once per process), is drawn with the real Generator instead.
-
-_WORD = 1 << 32
-_MAX_TRIES = 10_000   # as _random_cuts
-
-
-def _lemire(x: np.ndarray, high: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bounded draws in [0, high] from 32-bit words x (uint64); second value: would numpy reject (redraw) it."""
-    m = x * np.uint64(high + 1)
-    return m >> np.uint64(32), (m & np.uint64(_WORD - 1)) < np.uint64(_WORD % (high + 1))
-
-
-class _Words:
-    """The 32-bit words a fresh ``np.random.default_rng(seed)`` consumes for bounded integers below 2**32."""
-
-    def __init__(self, seed):
-        self._bits = np.random.PCG64(seed)
-        self._buf = np.empty(0, np.uint64)
-        self.pos = 0
-
-    def peek(self, count: int) -> np.ndarray:
-        short = self.pos + count - len(self._buf)
-        if short > 0:
-            raw = self._bits.random_raw(max(short, len(self._buf), 8192) // 2 + 1)
-            words = raw.astype("<u8").view("<u4").astype(np.uint64)             # low half first
-            self._buf = np.concatenate([self._buf[self.pos:], words])
-            self.pos = 0
-        return self._buf[self.pos: self.pos + count]
-
-
-def _choice_plan(pop: int, size: int) -> tuple[list[int], int]:
-    """Floyd's j values (pop - size .. pop - 1) and the number of words one choice() consumes."""
-    floyd = list(range(pop - size, pop))
-    return floyd, sum(j > 0 for j in floyd) + max(size - 1, 0)
-
-
-def _replay_cuts(words: list[_Words], n: int, k: int, bound: int, ok: np.ndarray) -> np.ndarray:
-    """``_random_cuts`` replayed on every stream (one per restart) at once: [R, K-1] cuts, each stream advanced by
-    exactly the words the real call consumes. ``ok`` (in/out): False for streams that met a would-be rejection."""
-    s, pop = k - 1, n - 1
-    floyd, width = _choice_plan(pop, s)
-    out = np.zeros((len(words), s), np.int64)
-    if s == 0:                               # K = 1: no cut to draw, no word consumed
-        return out
-    todo, tries, block = np.flatnonzero(ok), 0, 256
-    while len(todo) and tries < _MAX_TRIES:
-        count = min(block, _MAX_TRIES - tries)
-        u = np.stack([words[i].peek(count * width) for i in todo]).reshape(len(todo), count, width)
-        col, chosen, rejected = 0, [], np.zeros((len(todo), count), bool)
-        for j in floyd:
-            if j == 0:                       # numpy returns 0 without drawing
-                val = np.zeros((len(todo), count), np.uint64)
-            else:
-                val, rej = _lemire(u[..., col], j)
-                rejected |= rej
-                col += 1
-            dup = np.zeros(val.shape, bool)
-            for c in chosen:
-                dup |= val == c
-            chosen.append(np.where(dup, np.uint64(j), val))
-        for i in range(s - 1, 0, -1):        # the shuffle's draws: sorting undoes its effect, not its consumption
-            rejected |= _lemire(u[..., col], i)[1]
-            col += 1
-        cuts = np.sort(np.stack(chosen, axis=-1).astype(np.int64), axis=-1) + 2
-        edges = np.concatenate([np.ones(cuts.shape[:2] + (1,), np.int64), cuts,
-                                np.full(cuts.shape[:2] + (1,), n + 1)], axis=-1)
-        fits = (edges[..., 1:] - edges[..., :-1]).max(axis=-1) <= bound         # [todo, count]
-        hit = fits.any(axis=1)
-        first = np.where(hit, fits.argmax(axis=1), count - 1)
-        bad = (np.cumsum(rejected, axis=1)[np.arange(len(todo)), first] > 0)
-        ok[todo[bad]] = False
-        for i, f in zip(todo.tolist(), first.tolist()):
-            words[i].pos += (f + 1) * width
-        out[todo[hit]] = cuts[hit, first[hit]]
-        todo = todo[~hit & ~bad]
-        tries += count
-        block = min(block * 4, 4096)
-    out[todo] = [1 + round(i * n / k) for i in range(1, k)]   # no draw fitted in 10,000 tries: even cuts
-    return out
-
-
-def _replay_choice(words: _Words, pop: int, size: int) -> list[int] | None:
-    """``rng.choice(pop, size, replace=False)`` replayed (order included); None where numpy would differ."""
-    if pop > 10_000:                          # numpy switches to a tail shuffle there
-        return None
-    floyd, width = _choice_plan(pop, size)
-    u = iter(words.peek(width).tolist())
-    chosen: list[int] = []
-    for j in floyd:
-        val = 0
-        if j:
-            x, rej = _lemire(np.uint64(next(u)), j)
-            if rej:
-                return None
-            val = int(x)
-        chosen.append(j if val in chosen else val)
-    for i in range(size - 1, 0, -1):
-        x, rej = _lemire(np.uint64(next(u)), i)
-        if rej:
-            return None
-        jj = int(x)
-        chosen[jj], chosen[i] = chosen[i], chosen[jj]
-    words.pos += width
-    return chosen
-
-
-def _initial_state_rng(seed, n: list[int], k: int, bounds: list[int]) -> tuple[list[list[int]], list[int]]:
-    """The random start drawn with numpy's own Generator (the definition the replay reproduces)."""
-    rng = np.random.default_rng(seed)
-    cuts = [_random_cuts(rng, nn, k, b) for nn, b in zip(n, bounds)]
-    return cuts, [int(a) for a in rng.choice(len(n) * k, size=k, replace=False)]
-
-
-def _initial_states_replay(seeds: list, n: list[int], k: int, bounds: list[int]) -> list:
-    """Random starts of every seed; None for a seed whose replay could differ from numpy."""
-    words = [_Words(seed) for seed in seeds]
-    ok = np.ones(len(seeds), bool)
-    cuts = np.stack([_replay_cuts(words, nn, k, b, ok) for nn, b in zip(n, bounds)], axis=1)   # [R, M, K-1]
-    out = []
-    for i, w in enumerate(words):
-        anchors = _replay_choice(w, len(n) * k, k) if ok[i] else None
-        out.append(None if anchors is None else (cuts[i].tolist(), anchors))
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def _replay_matches_numpy() -> bool:
-    """Once per process: the replay must give numpy's own draws (tight and loose bounds, several K)."""
-    if sys.byteorder != "little":
-        return False
-    cases = [([8, 16, 12, 33, 5], 4, [2, 4, 3, 9, 2]), ([9, 4, 7], 3, [4, 2, 7]), ([6, 2, 3], 2, [6, 2, 2]),
-             ([4, 4], 4, [1, 1]), ([30, 11], 5, [8, 3]), ([5], 1, [5])]
-    seeds = [[7, r] for r in range(3)]
-    try:
-        return all(_initial_states_replay(seeds, n, k, b) == [_initial_state_rng(s, n, k, b) for s in seeds]
-                   for n, k, b in cases)
-    except Exception:
-        return False
-
-
-def _initial_states(seeds: list, n: list[int], k: int, bounds: list[int]) -> list[tuple[list[list[int]], list[int]]]:
-    """Per seed: the cuts of every model and the K anchor references (model index * K + stage)."""
-    got = _initial_states_replay(seeds, n, k, bounds) if _replay_matches_numpy() else [None] * len(seeds)
-    return [g if g is not None else _initial_state_rng(s, n, k, bounds) for s, g in zip(seeds, got)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -300,7 +137,7 @@ class _Tables:
     narrow: list[tuple[np.dtype, np.ndarray]]       # (dtype, pair mask [M, M]): sums that round to a narrower float
 
     @staticmethod
-    def build(sim: Similarity, n_nodes: dict[str, int]) -> "_Tables":
+    def build(sim: Similarity, n_nodes: dict[str, int]) -> _Tables:
         models = sorted(n_nodes)
         m, side = len(models), max(n_nodes.values()) + 2   # +1 stem, +1 so a trial edge past the end stays inside
         table = np.zeros((m, m, side, side))
@@ -347,12 +184,12 @@ class _State:
         self.E, self.A = edges, anchors
         self.Lab = np.zeros(edges.shape[:2] + (edges.shape[2] - 1,), dtype=np.int64)
 
-    def take(self, idx: np.ndarray) -> "_State":
+    def take(self, idx: np.ndarray) -> _State:
         s = _State(self.E[idx], self.A[idx])
         s.Lab = self.Lab[idx]
         return s
 
-    def put(self, idx: np.ndarray, other: "_State") -> None:
+    def put(self, idx: np.ndarray, other: _State) -> None:
         self.E[idx], self.A[idx], self.Lab[idx] = other.E, other.A, other.Lab
 
 
@@ -452,7 +289,8 @@ def _reanchor(st: _State, t: _Tables, k: int, one_per_model: bool) -> None:
     flat_m = np.repeat(np.arange(m), k)
     s = st.E[:, :, :k].reshape(n_r, mk)
     e = (st.E[:, :, 1:] - 1).reshape(n_r, mk)
-    full = t.block(flat_m[None, :, None], flat_m[None, None, :], s[:, :, None], e[:, :, None], s[:, None, :], e[:, None, :])
+    full = t.block(flat_m[None, :, None], flat_m[None, None, :], s[:, :, None], e[:, :, None], s[:, None, :],
+                   e[:, None, :])
     full = np.where(np.eye(mk, dtype=bool), 0.0, full)
     lab = st.Lab.reshape(n_r, mk)                                                # a view: edits reach st.Lab
     for j in range(k):
@@ -483,14 +321,15 @@ def _solve_batch(sim: Similarity, n_nodes: dict[str, int], k: int, eps: float, i
     t = _Tables.build(sim, n_nodes)
     models = t.models
     bounds = np.array([size_bound(n_nodes[m], k, eps) for m in models])
-    inits = _initial_states(seeds, [n_nodes[m] for m in models], k, [int(b) for b in bounds])
-    edges = np.array([[[1] + c + [n_nodes[m] + 1] for m, c in zip(models, cuts)] for cuts, _ in inits], dtype=np.int64)
+    inits = RS.initial_states(seeds, [n_nodes[m] for m in models], k, [int(b) for b in bounds])
+    edges = np.array([[[1] + c + [n_nodes[m] + 1] for m, c in zip(models, cuts, strict=True)] for cuts, _ in inits],
+                     dtype=np.int64)
     st = _State(edges, np.array([a for _, a in inits], dtype=np.int64).reshape(len(seeds), k))
     perms = np.array(list(itertools.permutations(range(k))), dtype=np.int64) if k <= _MAX_BRUTE_K else None
     st.Lab = _assign_batch(st, t, k, one_per_model, perms)
     active = np.arange(len(seeds))
     prev: _State | None = None
-    for it in range(iters):
+    for _it in range(iters):
         cur = st.take(active)
         _boundary_moves(cur, t, k, bounds)
         cur.Lab = _assign_batch(cur, t, k, one_per_model, perms)
@@ -530,7 +369,8 @@ def partition(pairs: dict[tuple[str, str], np.ndarray], n_nodes: dict[str, int],
     anchor_blocks = [by_ref[a] for a in anchors]
     labels = _assign({m: [b for b in blocks if b.model == m] for m in n_nodes}, anchor_blocks, sim, one_per_model)
     raw = {b: labels[(b.model, b.stage)] for b in blocks}
-    depth = [np.mean([(b.start + b.end) / 2 / n_nodes[b.model] for b in blocks if raw[b] == j] or [j]) for j in range(k)]
+    depth = [np.mean([(b.start + b.end) / 2 / n_nodes[b.model] for b in blocks if raw[b] == j] or [j])
+             for j in range(k)]
     order = np.argsort(depth, kind="stable")
     rename = {int(old): new for new, old in enumerate(order)}
     return Result(blocks, {b: rename[raw[b]] for b in blocks}, [anchor_blocks[int(o)] for o in order], obj, r)

@@ -231,7 +231,7 @@ def linear_probe_score(features: np.ndarray, labels, folds: int = 2, iters: int 
     f = np.asarray(features, dtype=np.float64)
     classes, y_idx = np.unique(y, return_inverse=True)
     accs = []
-    for k, test in enumerate(_stratified_folds(y_idx, folds, seed)):
+    for _k, test in enumerate(_stratified_folds(y_idx, folds, seed)):
         train = np.setdiff1d(np.arange(len(y)), test)
         mu, sd = f[train].mean(0), f[train].std(0) + 1e-8
         xtr = torch.as_tensor((f[train] - mu) / sd)
@@ -241,7 +241,7 @@ def linear_probe_score(features: np.ndarray, labels, folds: int = 2, iters: int 
         b = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
         opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, history_size=10, line_search_fn="strong_wolfe")
 
-        def closure():
+        def closure(opt=opt, xtr=xtr, w=w, b=b, ytr=ytr):   # bound now: opt.step calls it in this fold
             opt.zero_grad()
             loss = nn.functional.cross_entropy(xtr @ w + b, ytr) + l2 / 2 * w.square().sum()
             loss.backward()

@@ -82,7 +82,7 @@ class Instance:
         m = self.stem[key(chosen[0])]["macs"] + self.head[key(chosen[-1])]["macs"]
         for b in chosen:
             p, m = p + b["params"], m + b["macs"]
-        for a, b in zip(chosen, chosen[1:]):
+        for a, b in zip(chosen, chosen[1:], strict=False):
             p, m = p + self.pairs[pair_key(a, b)]["params"], m + self.pairs[pair_key(a, b)]["macs"]
         return p, m
 
@@ -94,8 +94,11 @@ def _kind(block: dict[str, Any], end: str, vocabulary: str) -> str:
     if vocabulary == "layout":
         return "tokens" if block[f"fmt_{end}"] == "NLC" else "maps"
     if f"fam_{end}" not in block:
+        from .integrity import rebuild_command
+
         raise ValueError(f"block {key(block)} has no model family (block costs written before dery knew families); "
-                         "re-run the features and block_costs stages (snakemake re-runs them when their code changed).")
+                         f"re-run the features and block costs and what follows: "
+                         f"`{rebuild_command('extract_features', 'block_costs')}`.")
     return block[f"fam_{end}"]
 
 
@@ -111,12 +114,12 @@ def allowed(a: dict[str, Any], b: dict[str, Any], forbid: list[list[str]]) -> bo
 def single_model(blocks: list[dict[str, Any]]) -> str | None:
     """The model id when ``blocks`` are one model's consecutive blocks (that zoo model re-headed), else None."""
     models = {b["model"] for b in blocks}
-    if len(models) != 1 or any(a["end"] + 1 != b["start"] for a, b in zip(blocks, blocks[1:])):
+    if len(models) != 1 or any(a["end"] + 1 != b["start"] for a, b in zip(blocks, blocks[1:], strict=False)):
         return None
     return blocks[0]["model"]
 
 
-def _single_model_chains(inst: "Instance") -> list[list[dict[str, Any]]]:
+def _single_model_chains(inst: Instance) -> list[list[dict[str, Any]]]:
     """Every assembly of the instance that is one model's blocks in order (one per stage, consecutive)."""
     out = []
     for m in sorted({b["model"] for b in inst.blocks}):
@@ -127,7 +130,8 @@ def _single_model_chains(inst: "Instance") -> list[list[dict[str, Any]]]:
 
 def _check_finite(inst: Instance) -> None:
     values = [(key(b), f, b[f]) for b in inst.blocks for f in ("params", "macs", "score")]
-    values += [(k, f, v[f]) for d in (inst.pairs, inst.stem, inst.head) for k, v in d.items() for f in ("params", "macs")]
+    values += [(k, f, v[f]) for d in (inst.pairs, inst.stem, inst.head) for k, v in d.items()
+               for f in ("params", "macs")]
     bad = [(k, f, v) for k, f, v in values if not math.isfinite(float(v))]
     if bad:
         raise ValueError(f"non-finite coefficients reach the program: {bad[:3]}; fix the costs stage before solving.")
@@ -216,7 +220,7 @@ def _best_first(inst: Instance, max_params: float, max_macs: float, n: int,
     for s in reversed(range(k)):
         best_rest[s] = best_rest[s + 1] + max(b["score"] for b in stages[s])
         for f in least:
-            def need(b):
+            def need(b, f=f, s=s):   # f, s bound now (the min below calls it in this iteration)
                 inc = min((inst.pairs[pair_key(a, b)][f] for a in stages[s - 1]), default=0) if s else 0
                 return b[f] + inc + (inst.head[key(b)][f] if s == k - 1 else 0)
             least[f][s] = least[f][s + 1] + min(need(b) for b in stages[s])
@@ -276,7 +280,8 @@ def solve_optimal(inst: Instance, max_params: float, max_macs: float, forbid: li
 
 def _infeasible_message(inst, max_params, max_macs, forbid, seed, budget_name, keep_single=False) -> str:
     parts = []
-    for field, other, limit, unit in (("params", max_macs, max_params, "params"), ("macs", max_params, max_macs, "MACs")):
+    for field, _other, _limit, unit in (("params", max_macs, max_params, "params"),
+                                        ("macs", max_params, max_macs, "MACs")):
         for constrained in (True, False):
             m, _ = _model(inst, None if field == "params" else (max_params if constrained else None),
                           None if field == "macs" else (max_macs if constrained else None), forbid, field, seed,
@@ -301,7 +306,7 @@ def brute_force(inst: Instance, max_params: float, max_macs: float, forbid: list
     for combo in itertools.product(*by_stage):
         if len({b["set"] for b in combo}) != inst.k or (not keep_single and single_model(list(combo))):
             continue
-        if not all(allowed(a, b, forbid) for a, b in zip(combo, combo[1:])):
+        if not all(allowed(a, b, forbid) for a, b in zip(combo, combo[1:], strict=False)):
             continue
         p, m = inst.totals(list(combo))
         if p <= max_params and m <= max_macs:

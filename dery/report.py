@@ -112,8 +112,8 @@ def partition_figure(partition: dict, node_names: dict[str, list[str]], out: str
     k = len(partition["sets"])
     ax.legend(handles=[Patch(color=set_colour(j), label=f"set {j}") for j in range(k)], ncol=k, fontsize=7,
               loc="upper center", bbox_to_anchor=(0.5, -0.18))
-    ax.set_title(f"Partition: K={k} blocks per model, stage alignment {partition.get('stage_alignment', float('nan')):.2f}",
-                 fontsize=9)
+    ax.set_title(f"Partition: K={k} blocks per model, stage alignment "
+                 f"{partition.get('stage_alignment', float('nan')):.2f}", fontsize=9)
     _save(fig, out)
 
 
@@ -129,7 +129,7 @@ def proxy_scatter(table: pd.DataFrame, out: str | os.PathLike) -> None:
     asm = table[table["kind"] == "assembly"] if not table.empty else table
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
     budgets = sorted(asm["budget"].unique()) if not asm.empty else []
-    for ax, proto in zip(axes, ("FZ", "FT")):
+    for ax, proto in zip(axes, ("FZ", "FT"), strict=True):
         col = f"{proto}_test_acc"
         taus = []
         for i, budget in enumerate(budgets):
@@ -190,7 +190,7 @@ def accuracy_vs_params(table: pd.DataFrame, out: str | os.PathLike) -> None:
                 continue
             ax.scatter(g["params_M"], 100 * g[col], s=40, marker=style["marker"], label=f"{kind} {proto}",
                        facecolors=style["color"] if fill else "none", edgecolors=style["color"])
-            pts += [(p, 100 * a, f"{n} {proto}") for p, a, n in zip(g["params_M"], g[col], g["name"])]
+            pts += [(p, 100 * a, f"{n} {proto}") for p, a, n in zip(g["params_M"], g[col], g["name"], strict=True)]
     if pts:
         front = pareto_front([p[0] for p in pts], [p[1] for p in pts])
         # the front as a staircase, carried on to the largest network so that a one-point front still shows

@@ -101,7 +101,7 @@ def linear_cka_all(feats: dict[str, list[np.ndarray]], pairs: list[tuple[str, st
         grams = _grams([x for m in used for x in centred[m]])   # [ΣL, n²]
         grams /= grams.norm(dim=1, keepdim=True)
         cka = (grams @ grams.T).clamp_(0.0, 1.0).numpy()
-        start = dict(zip(used, np.cumsum([0] + [len(widths[m]) for m in used])))
+        start = dict(zip(used, np.cumsum([0] + [len(widths[m]) for m in used]), strict=False))
         for a, b in pairs:
             out[(a, b)] = cka[start[a]: start[a] + len(widths[a]), start[b]: start[b] + len(widths[b])].copy()
     else:

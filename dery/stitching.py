@@ -34,7 +34,7 @@ class Port:
     prefix: int = 0
 
     @staticmethod
-    def of(shape: list[int] | tuple[int, ...], fmt: str, prefix: int = 0) -> "Port":
+    def of(shape: list[int] | tuple[int, ...], fmt: str, prefix: int = 0) -> Port:
         if fmt == "NLC":
             side = int(math.isqrt(shape[0] - prefix))
             return Port(fmt, shape[1], (side, side), prefix)
@@ -178,7 +178,8 @@ class ModelInfo:
 
 
 def model_info(model: nn.Module, meta: dict[str, Any], feats: dict[int, np.ndarray] | None = None) -> ModelInfo:
-    """A ModelInfo from an in-memory model and its dissection (the features stage's JSON, or an artifact spec's copy)."""
+    """A ModelInfo from an in-memory model and its dissection (the features stage's JSON, or an artifact spec's
+    copy)."""
     tr = F.Trace(meta["names"][1:], meta["glue"], [tuple(s) for s in meta["in_shapes"][1:]],
                  [tuple(s) for s in meta["out_shapes"][1:]], meta["stem_modules"])
     return ModelInfo(model, meta, tr, feats)
@@ -191,7 +192,8 @@ def dissect(model: nn.Module, probe: torch.Tensor) -> ModelInfo:
     return ModelInfo(model, F.describe(model, nf, tr), tr, dict(enumerate(nf.feats)))
 
 
-def load_model_info(zoo_ckpt: str | Path, features_json: str | Path, features_npz: str | Path | None = None) -> ModelInfo:
+def load_model_info(zoo_ckpt: str | Path, features_json: str | Path,
+                    features_npz: str | Path | None = None) -> ModelInfo:
     model, _ = zoo.load(zoo_ckpt)
     meta = json.loads(Path(features_json).read_text())
     feats = None

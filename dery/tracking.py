@@ -6,13 +6,23 @@ use). Each record becomes one run named by its key (``finetune/small/rank0/FZ`` 
 ``finetune-small-rank0-FZ``) and tagged with the content hash of the record; ingesting a
 record whose latest run already holds the same content is a no-op, and readers keep the
 latest run per key, so re-running a stage never duplicates a row of the tables.
+
+What MLflow shows of a run comes from the job that wrote the record, not from the ingest: the run
+starts and ends when the job did (the record file's mtime is its end, Snakemake's benchmark TSV of
+the job gives its duration), its metrics carry that time (per-epoch series keep their step, spread
+over the job), its benchmark figures are ``job.*`` metrics, and MLflow's own tags name its source
+(``mlflow.source.name``: the rule, ``mlflow.source.git.commit``). None of this enters the content
+hash, so re-ingesting unchanged records adds no run.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import subprocess
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +30,12 @@ import pandas as pd
 
 DEFAULT_DB = "results/mlflow.db"
 URI_ENV = "DERY_TRACKING_URI"
-# MLflow's per-request limits (mlflow.utils.validation): a larger log_batch is refused by a server
-MAX_PARAMS_PER_BATCH = 100
-MAX_METRICS_PER_BATCH = 1000
+# How a record is logged (times, tags, datasets). A run logged by an older format is logged once more, so
+# that a store filled before the change shows the same as a new one; readers keep the latest run per key.
+LOG_FORMAT = "2"
+# MLflow's standard tags (mlflow.utils.mlflow_tags), shown by its UI
+SOURCE_NAME, SOURCE_TYPE, GIT_COMMIT = "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit"
+DATA_CONTEXT = "mlflow.data.context"
 
 
 def record(key: str, tags: dict[str, Any], params: dict[str, Any], metrics: dict[str, float],
@@ -35,10 +48,10 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def git_commit(root: str | os.PathLike = ".") -> str:
+def git_commit(root: str | os.PathLike = ".", short: bool = True) -> str:
     try:
-        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(["git", "-C", str(root), "rev-parse", *(["--short"] if short else []), "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -58,6 +71,31 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
 
 
+def lost_store(tracking_uri: str, experiment: str, ingested: str | os.PathLike) -> str | None:
+    """Why the SQLite store of a finished ingest no longer holds its runs (deleted, emptied, another file),
+    or None. Snakemake cannot see this (the store is not a rule's output), so the workflow asks at start-up
+    and has the ingest run again: every result is still on disk as ``*.metrics.json``."""
+    import sqlite3
+
+    db = sqlite_path(tracking_uri)
+    ingested = Path(ingested)
+    if db is None or not ingested.is_file():
+        return None  # a server keeps its own store; nothing ingested yet
+    if not db.is_file() or db.stat().st_size == 0:
+        return f"the MLflow store {db} is {'empty' if db.is_file() else 'missing'}"
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            n = con.execute("SELECT count(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+                            "WHERE e.name = ? AND r.lifecycle_stage = 'active'", (experiment,)).fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        return f"the MLflow store {db} cannot be read as one ({exc})"
+    logged = json.loads(ingested.read_text()).get("records", 0)
+    return f"the MLflow store {db} holds no run of experiment `{experiment}`" if logged and not n else None
+
+
 def run_name(key: str) -> str:
     return key.replace("/", "-")
 
@@ -72,8 +110,135 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _chunks(items: list, size: int) -> list[list]:
-    return [items[i: i + size] for i in range(0, len(items), size)] or [[]]
+# ------------------------------------------------------------------ the job behind each record
+# The rule that writes each record file, and that rule's `benchmark:` file, as in workflow/rules/*.smk
+# (tests/test_tracking.py checks this table against those files). Wildcards map one to one.
+JOBS = (
+    (r"results/zoo/(?P<w>[^/]+)\.metrics\.json", "zoo.smk", "pretrain_zoo", "results/benchmarks/pretrain_zoo/{w}.tsv"),
+    (r"results/partition/equivalence_sets\.metrics\.json", "partition.smk", "partition",
+     "results/benchmarks/partition.tsv"),
+    (r"results/reassembly/(?P<w>[^/]+)/candidates\.metrics\.json", "reassembly.smk", "reassembly_ilp",
+     "results/benchmarks/reassembly_ilp/{w}.tsv"),
+    (r"results/proxy/(?P<w>[^/]+)/ranking\.metrics\.json", "reassembly.smk", "proxy_rank",
+     "results/benchmarks/proxy_rank/{w}.tsv"),
+    (r"results/finetune/(?P<w>zoo/[^/]+_FT)\.metrics\.json", "finetune.smk", "finetune_zoo",
+     "results/benchmarks/finetune/{w}.tsv"),
+    (r"results/finetune/(?P<w>[^/]+/scratch_FT)\.metrics\.json", "finetune.smk", "finetune_scratch",
+     "results/benchmarks/finetune/{w}.tsv"),
+    (r"results/finetune/(?P<w>[^/]+/rank[0-9]+_[^/]+)\.metrics\.json", "finetune.smk", "finetune_assembly",
+     "results/benchmarks/finetune/{w}.tsv"),
+)
+# Snakemake's benchmark columns (snakemake.benchmark.BenchmarkRecord; sizes in MB) -> metric, how repeats combine
+BENCHMARK_METRICS = {"s": ("job.seconds", sum), "cpu_time": ("job.cpu_seconds", sum),
+                     "max_rss": ("job.max_rss_mb", max), "max_vms": ("job.max_vms_mb", max),
+                     "max_uss": ("job.max_uss_mb", max), "max_pss": ("job.max_pss_mb", max),
+                     "io_in": ("job.io_in_mb", sum), "io_out": ("job.io_out_mb", sum),
+                     "mean_load": ("job.mean_load", lambda v: sum(v) / len(v))}
+
+
+@dataclass
+class Split:
+    """A dataset a run used, as MLflow logs it: the row indices into ``source`` (a folder or file)."""
+    name: str
+    indices: list[int]
+    source: str
+    context: str  # mlflow.data.context: training, validation, testing, ...
+
+    @property
+    def digest(self) -> str:
+        """Which rows, in which order (not where the data folder lies, which differs between clones)."""
+        return hashlib.sha256(json.dumps([int(i) for i in self.indices]).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Job:
+    """What MLflow shows of the job that wrote a record; none of it is part of the record's content hash."""
+    rule: str | None = None
+    source: str | None = None  # mlflow.source.name
+    start_ms: int | None = None
+    end_ms: int | None = None
+    figures: dict[str, float] = field(default_factory=dict)  # job.seconds, job.max_rss_mb, ...
+    datasets: list[Split] = field(default_factory=list)
+
+
+def job_rule(metrics_file: str | os.PathLike) -> tuple[str, str, str] | None:
+    """(rules file, rule, benchmark file) of the job that writes ``metrics_file``, or None.
+
+    The benchmark path keeps the metrics file's own prefix (``/x/results/zoo/a.metrics.json`` ->
+    ``/x/results/benchmarks/pretrain_zoo/a.tsv``)."""
+    path = Path(metrics_file).as_posix()
+    for pattern, smk, rule, bench in JOBS:
+        m = re.search(rf"(?:^|/)({pattern})$", path)
+        if m:
+            return smk, rule, path[: m.start(1)] + bench.format(**m.groupdict())
+    return None
+
+
+def benchmark_files(metric_files: list[str]) -> list[str]:
+    """The benchmark TSVs of the jobs that write ``metric_files`` (an input of the ingest)."""
+    return [j[2] for j in map(job_rule, metric_files) if j is not None]
+
+
+def read_benchmark(tsv: str | os.PathLike) -> dict[str, float]:
+    """A Snakemake benchmark TSV as ``job.*`` metrics; columns that say NA (too short to sample) are left out."""
+    lines = [ln.split("\t") for ln in Path(tsv).read_text().splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return {}
+    head, rows = lines[0], lines[1:]
+    out = {}
+    for col, (name, combine) in BENCHMARK_METRICS.items():
+        if col not in head:
+            continue
+        vals = []
+        for row in rows:
+            try:
+                vals.append(float(row[head.index(col)]))
+            except (ValueError, IndexError):
+                pass
+        if vals:
+            out[name] = float(combine(vals))
+    return out
+
+
+def job_of(metrics_file: str | os.PathLike, benchmarks: set[str] | None = None) -> Job:
+    """The job behind a record file: it ended when the file was written (its mtime) and ran for the
+    ``s`` seconds of its benchmark TSV. ``benchmarks``: the TSVs to read, as paths named the way the
+    metrics files are (the rule's inputs); default: any that exists."""
+    metrics_file = Path(metrics_file)
+    job = Job()
+    if metrics_file.is_file():
+        job.end_ms = job.start_ms = int(metrics_file.stat().st_mtime * 1000)
+    found = job_rule(metrics_file)
+    if found is None:
+        return job
+    smk, job.rule, tsv = found
+    job.source = f"workflow/rules/{smk}:{job.rule}"
+    if (benchmarks is None or tsv in benchmarks) and Path(tsv).is_file():
+        job.figures = read_benchmark(tsv)
+        if job.end_ms is not None and "job.seconds" in job.figures:
+            job.start_ms = job.end_ms - round(job.figures["job.seconds"] * 1000)
+    return job
+
+
+def _step_times(start_ms: int, end_ms: int, n: int) -> list[int]:
+    """Epoch i of n ends at (i + 1) / n of the job: the records hold no time per epoch."""
+    return [start_ms + (end_ms - start_ms) * (i + 1) // n for i in range(n)]
+
+
+def _dataset_input(split: Split):
+    import warnings
+
+    import numpy as np
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.numpy_dataset import from_numpy
+    from mlflow.entities import DatasetInput, InputTag
+
+    src = Path(split.source)
+    with warnings.catch_warnings():  # "" and file: are both LocalArtifactDatasetSource; either is right
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(src.as_uri() if src.is_absolute() else split.source)
+    ds = from_numpy(np.asarray(split.indices, dtype=np.int64), source=source, name=split.name, digest=split.digest)
+    return DatasetInput(dataset=ds._to_mlflow_entity(), tags=[InputTag(key=DATA_CONTEXT, value=split.context)])
 
 
 def _experiment_id(client, experiment: str, tracking_uri: str) -> str:
@@ -87,15 +252,26 @@ def _experiment_id(client, experiment: str, tracking_uri: str) -> str:
     return client.create_experiment(experiment, artifact_location=artifacts)
 
 
-def _latest_hash_per_key(client, exp_id: str) -> dict[str, str]:
-    latest: dict[str, str] = {}
-    for run in client.search_runs([exp_id], max_results=50000, order_by=["attributes.start_time DESC"]):
+def _ingested_ms(tags: dict[str, str], start_ms: int | None) -> int:
+    """When a run was logged: its ``dery.ingested`` tag; runs logged before that tag started at their ingest."""
+    try:
+        return int(tags["dery.ingested"])
+    except (KeyError, ValueError):
+        return int(start_ms or 0)
+
+
+def _latest_hash_per_key(client, exp_id: str) -> dict[str, tuple[str, str]]:
+    """(content hash, log format) of the latest logged finished run of each key."""
+    latest: dict[str, tuple[int, str, str]] = {}
+    for run in client.search_runs([exp_id], max_results=50000):
         if run.info.status != "FINISHED":  # a run cut off mid-logging (store went away) does not count
             continue
-        key = run.data.tags.get("dery.key")
-        if key is not None and key not in latest:
-            latest[key] = run.data.tags.get("dery.hash", "")
-    return latest
+        tags = run.data.tags
+        key = tags.get("dery.key")
+        when = _ingested_ms(tags, run.info.start_time)
+        if key is not None and (key not in latest or when > latest[key][0]):
+            latest[key] = (when, tags.get("dery.hash", ""), tags.get("dery.log_format", "1"))
+    return {k: v[1:] for k, v in latest.items()}
 
 
 def _transient(exc: BaseException) -> bool:
@@ -127,11 +303,16 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
 
 
 def ingest(records: list[dict[str, Any]], tracking_uri: str, experiment: str,
-           common_tags: dict[str, str] | None = None, attempts: int = 6, wait_s: float = 2.0) -> dict[str, int]:
+           common_tags: dict[str, str] | None = None, attempts: int = 6, wait_s: float = 2.0,
+           jobs: dict[str, Job] | None = None) -> dict[str, int]:
     """Log each record as one run unless the latest finished run with its key holds the same content.
 
     Comparing with the *latest* run (not any earlier one) matters when a result goes A -> B -> A:
-    the third ingest must log A again, or the tables would keep showing B.
+    the third ingest must log A again, or the tables would keep showing B. "Latest" is the order of
+    logging (tag ``dery.ingested``), not the runs' start times, which are those of their jobs.
+
+    ``jobs`` (by record key): the job behind each record, whose times, rule, benchmark figures and
+    datasets the run shows; a record without one is timed at the ingest.
 
     A locked SQLite store or an unreachable server is retried (``attempts`` times, waits doubling from
     ``wait_s``); ingesting is idempotent, so a retry after a half-logged run only completes it (runs that
@@ -143,7 +324,7 @@ def ingest(records: list[dict[str, Any]], tracking_uri: str, experiment: str,
     for attempt in range(attempts):
         try:
             check_reachable(tracking_uri)
-            return _ingest_once(records, tracking_uri, experiment, common_tags)
+            return _ingest_once(records, tracking_uri, experiment, common_tags, jobs or {})
         except Exception as exc:  # noqa: BLE001 - MLflow wraps store errors in several exception types
             if not (isinstance(exc, StoreUnavailable) or _transient(exc)):
                 raise
@@ -159,7 +340,7 @@ def ingest(records: list[dict[str, Any]], tracking_uri: str, experiment: str,
 
 
 def _ingest_once(records: list[dict[str, Any]], tracking_uri: str, experiment: str,
-                 common_tags: dict[str, str] | None) -> dict[str, int]:
+                 common_tags: dict[str, str] | None, jobs: dict[str, Job]) -> dict[str, int]:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
@@ -168,22 +349,31 @@ def _ingest_once(records: list[dict[str, Any]], tracking_uri: str, experiment: s
     latest = _latest_hash_per_key(client, exp_id)
     added = skipped = 0
     for rec in records:
-        h = content_hash(rec)
-        if latest.get(rec["key"]) == h:
+        h = content_hash(rec)  # the record alone: job times, tags and datasets below are not part of it
+        if latest.get(rec["key"]) == (h, LOG_FORMAT):
             skipped += 1
             continue
-        tags = {**(common_tags or {}), **rec["tags"], "dery.key": rec["key"], "dery.hash": h}
-        rid = client.create_run(exp_id, run_name=run_name(rec["key"]), tags=tags).info.run_id
-        metrics = [Metric(k, v, 0, 0) for k, v in rec["metrics"].items()]
+        job = jobs.get(rec["key"]) or Job()
+        now = int(time.time() * 1000)
+        end = job.end_ms if job.end_ms is not None else now
+        start = min(job.start_ms if job.start_ms is not None else end, end)
+        tags = {**(common_tags or {}), **rec["tags"], "dery.key": rec["key"], "dery.hash": h,
+                "dery.log_format": LOG_FORMAT, "dery.ingested": str(now)}
+        if job.source:
+            tags.update({SOURCE_NAME: job.source, SOURCE_TYPE: "JOB"})
+        rid = client.create_run(exp_id, start_time=start, tags=tags, run_name=run_name(rec["key"])).info.run_id
+        metrics = [Metric(k, v, end, 0) for k, v in rec["metrics"].items()]
+        metrics += [Metric(k, float(v), end, 0) for k, v in job.figures.items()]
         for k, series in rec["steps"].items():
-            metrics += [Metric(k, float(v), 0, i) for i, v in enumerate(series)]
+            metrics += [Metric(k, float(v), t, i)
+                        for i, (v, t) in enumerate(zip(series, _step_times(start, end, len(series)), strict=True))]
         params = [Param(k, v) for k, v in _flatten(rec["params"]).items()]
-        for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
-            client.log_batch(rid, params=chunk)
-        for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
-            client.log_batch(rid, metrics=chunk)
-        client.set_terminated(rid)
-        latest[rec["key"]] = h
+        # MlflowClient.log_batch splits what it is given into requests within the server's limits
+        client.log_batch(rid, metrics=metrics, params=params, synchronous=True)
+        if job.datasets:
+            client.log_inputs(rid, datasets=[_dataset_input(d) for d in job.datasets])
+        client.set_terminated(rid, end_time=end)
+        latest[rec["key"]] = (h, LOG_FORMAT)
         added += 1
     return {"added": added, "skipped": skipped}
 
@@ -217,7 +407,11 @@ def runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
         df = df[df["status"] == "FINISHED"]  # runs cut off mid-logging are not results
     if df.empty:
         return df
-    return df.drop_duplicates("tags.dery.key", keep="first").reset_index(drop=True)
+    # newest logged first (runs start when their jobs did; an older format's runs started at their ingest)
+    started = (df["start_time"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
+    logged = pd.to_numeric(df.get("tags.dery.ingested", pd.Series(index=df.index, dtype=object)), errors="coerce")
+    order = logged.fillna(started).sort_values(ascending=False, kind="stable").index
+    return df.loc[order].drop_duplicates("tags.dery.key", keep="first").reset_index(drop=True)
 
 
 def sqlite_uri(path: str | os.PathLike) -> str:

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import integrity
+from .atomic import write_json
 
 
 class ZooError(ValueError):
@@ -102,17 +103,10 @@ def load(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
     try:
         state = load_file(str(path))
     except Exception as exc:
-        raise ZooError(f"checkpoint {path} is unreadable ({exc}); delete it and re-run to rebuild it.") from exc
+        raise ZooError(f"checkpoint {path} is unreadable ({exc}); rebuild it with "
+                       f"`{integrity.rebuild_command(path)}`.") from exc
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ZooError(f"checkpoint {path} does not fit `{meta['arch']}`: missing {missing[:3]}, "
-                       f"unexpected {unexpected[:3]}; delete it and re-run to rebuild it.")
+                       f"unexpected {unexpected[:3]}; rebuild it with `{integrity.rebuild_command(path)}`.")
     return model.eval(), meta
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomic JSON write: a half-written file is never taken as a finished output."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
-    os.replace(tmp, path)

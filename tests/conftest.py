@@ -22,7 +22,8 @@ def new_project(dest: Path) -> Path:
 
 def project_env(work: Path) -> dict:
     """Jobs import the project copy's own ``dery`` (not the checkout's), so the copy is self-contained."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(work), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    return {**os.environ,
+            "PYTHONPATH": os.pathsep.join([str(work), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
 
 
 def snakemake(work: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

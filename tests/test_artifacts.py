@@ -17,6 +17,7 @@ import torch
 import dery
 from dery import artifacts as A
 from dery import data as D
+from dery import export as X
 from dery import stitching as ST
 
 # TorchScript is deprecated upstream yet is the exporter that follows OwnStem (see dery.artifacts)
@@ -137,7 +138,8 @@ def test_weights_that_do_not_match_the_spec_hash_are_refused(saved, tmp_path):
     state = load_file(str(weights))
     state["head.fc.bias"] = state["head.fc.bias"] + 1  # still a valid file, no longer these weights
     save_file(state, str(weights))
-    with pytest.raises(A.ArtifactError, match=r"rank0_FZ\.safetensors do not match their spec .*rank0_FZ\.json.*restore"):
+    with pytest.raises(A.ArtifactError,
+                       match=r"rank0_FZ\.safetensors do not match their spec .*rank0_FZ\.json.*restore"):
         dery.load_assembly(spec)
 
 
@@ -209,7 +211,7 @@ def test_onnx_export_matches_pytorch_on_real_images(saved, test_images, name):
     folder, models = saved
     with torch.no_grad():
         ref = models[name](test_images).numpy()
-    out = A.run_onnx(folder / f"{name}.onnx", test_images.numpy())  # batch 32; exported at batch 1
+    out = X.run_onnx(folder / f"{name}.onnx", test_images.numpy())  # batch 32; exported at batch 1
     assert np.abs(out - ref).max() <= 1e-4
     spec = json.loads((folder / f"{name}.json").read_text())
     assert spec["exports"]["onnx"]["max_abs_diff"] <= 1e-4
@@ -311,15 +313,16 @@ def test_swin_blocks_into_a_cnn_export_to_onnx(fmnist, test_images, tmp_path):
     probe = D.to_images(fmnist.train_x[:16])
     swin = timm.create_model("swin_tiny_patch4_window7_224", num_classes=5, img_size=32, window_size=4, embed_dim=24,
                              depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2]).eval()
-    infos = {"swin": ST.dissect(swin, probe), "cnn": ST.dissect(timm.create_model("resnet10t", num_classes=5).eval(), probe)}
+    infos = {"swin": ST.dissect(swin, probe),
+             "cnn": ST.dissect(timm.create_model("resnet10t", num_classes=5).eval(), probe)}
     blocks = [{"model": "swin", "stage": 0, "start": 1, "end": 1, "set": 0},
               {"model": "cnn", "stage": 1, "start": 3, "end": 4, "set": 1}]
     asm, _ = ST.build({"blocks": blocks}, infos, 10, "own", "random", seed=1)
     asm.eval()
-    A.export_onnx(asm, tmp_path / "m.onnx", test_images[:1])
+    X.export_onnx(asm, tmp_path / "m.onnx", test_images[:1])
     with torch.no_grad():
         want = asm(test_images).numpy()
-    assert np.abs(A.run_onnx(tmp_path / "m.onnx", test_images.numpy()) - want).max() < 1e-4
+    assert np.abs(X.run_onnx(tmp_path / "m.onnx", test_images.numpy()) - want).max() < 1e-4
 
 
 def test_an_exporter_that_fails_costs_the_file_not_the_fine_tuned_weights(saved, fmnist, monkeypatch, tmp_path):
@@ -329,7 +332,7 @@ def test_an_exporter_that_fails_costs_the_file_not_the_fine_tuned_weights(saved,
     def broken(*args, **kwargs):
         raise RuntimeError("Unsupported: ONNX export of operator frobnicate")
 
-    monkeypatch.setattr(A, "export_onnx", broken)
+    monkeypatch.setattr(X, "export_onnx", broken)
     out = A.save_assembly(models["rank0_FZ"], tmp_path / "rank0_FZ.json", blocks=spec["blocks"],
                           sources=spec["sources"], stem=spec["stem"], adapter_init="random",
                           info={k: spec.get(k) for k in ("id", "budget", "rank", "protocol", "params", "macs",

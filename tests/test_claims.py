@@ -138,7 +138,8 @@ def test_e_random_cut_partition_puts_each_block_in_its_stage_set_and_ignores_the
         for m, n in n_nodes.items():
             mine = sorted((b for b in doc["blocks"] if b["model"] == m), key=lambda b: b["stage"])
             assert mine[0]["start"] == 1 and mine[-1]["end"] == n
-            assert all(x["end"] + 1 == y["start"] and x["start"] <= x["end"] for x, y in zip(mine, mine[1:]))
+            assert all(x["end"] + 1 == y["start"] and x["start"] <= x["end"]
+                       for x, y in zip(mine, mine[1:], strict=False))
         for j, a in enumerate(doc["anchors"]):
             assert a["stage"] == j
     assert largest > 1, "some block is larger than the partition's size bound"
@@ -176,7 +177,7 @@ def test_d_rank_correlation_known_answers_and_bootstrap():
 
 
 IDS = [f"c{i:02d}" for i in range(12)]
-VAL = dict(zip(IDS, np.linspace(0.60, 0.80, len(IDS))))
+VAL = dict(zip(IDS, np.linspace(0.60, 0.80, len(IDS)), strict=True))
 
 
 def _assemblies(scores: dict[str, dict[str, float]], test: dict[str, float] | None = None,
@@ -245,7 +246,8 @@ def _feasible(inst, max_params, max_macs, forbid):
 
     by_stage = [[b for b in inst.blocks if b["stage"] == s] for s in range(inst.k)]
     for combo in itertools.product(*by_stage):
-        if len({b["set"] for b in combo}) == inst.k and all(allowed(a, b, forbid) for a, b in zip(combo, combo[1:])):
+        if len({b["set"] for b in combo}) == inst.k and all(allowed(a, b, forbid)
+                                                            for a, b in zip(combo, combo[1:], strict=False)):
             p, m = inst.totals(list(combo))
             if p <= max_params and m <= max_macs:
                 yield list(combo)
@@ -354,10 +356,10 @@ def test_e_every_draw_of_a_random_arm_is_fine_tuned_with_its_own_seed():
 
 
 def test_e_summary_collapses_copies_of_the_pick_and_says_so(tmp_path):
-    from dery.stages.claims import _claim_e
+    from dery.stages.claims_summary import _claim_e
 
     tau = {"large": {0: {s: _write_spec(tmp_path / f"pick{s}.json", PICK, acc, id="large-c000")
-                         for s, acc in zip((0, 1, 2), (0.47, 0.46, 0.48))}}}
+                         for s, acc in zip((0, 1, 2), (0.47, 0.46, 0.48), strict=True)}}}
     arms = {"cuts": {"large": {d: _write_spec(tmp_path / f"cuts{d}.json", PICK, 0.4644, id="large-c000",
                                               seed=1000 + d) for d in range(3)}},
             "rand_cover": {"large": {d: _write_spec(tmp_path / f"cover{d}.json", net, acc, seed=1000 + d)
@@ -369,7 +371,7 @@ def test_e_summary_collapses_copies_of_the_pick_and_says_so(tmp_path):
     assert e["rand_cover"]["networks"] == 2 and list(e["rand_cover"]["single_model"]) == ["vit_A"]
     # a pick that is one zoo model re-headed gets its numbers, not a verdict about reassembly
     zoo_pick = {"large": {0: {s: _write_spec(tmp_path / f"zpick{s}.json", ZOO, acc)
-                              for s, acc in zip((0, 1, 2), (0.57, 0.56, 0.58))}}}
+                              for s, acc in zip((0, 1, 2), (0.57, 0.56, 0.58), strict=True)}}}
     z = _claim_e(zoo_pick, arms, {"large": {}})["large"]
     assert z["single_model"] == "vit_A" and z["rand_cover"]["verdict"] == "n/a"
 
@@ -389,7 +391,7 @@ def _tau_study(tmp_path: Path) -> dict:
 
 
 def test_d_summary_selects_on_validation_accuracy_and_leaves_out_zoo_models(tmp_path):
-    from dery.stages.claims import _claim_d
+    from dery.stages.claims_summary import _claim_d
 
     d = _claim_d(_tau_study(tmp_path), ["by_test", "by_val"], "naswot", 100, 0, None, [0, 1])
     assert d["n_per_budget"] == {"small": 8} and d["single_model"] == {"small": {"small-c008": "vit_A"}}
@@ -400,7 +402,7 @@ def test_d_summary_selects_on_validation_accuracy_and_leaves_out_zoo_models(tmp_
 
 
 def test_the_report_renders_the_new_rows(tmp_path):
-    from dery.stages.claims import _claim_c, _claim_d, _claim_e, render
+    from dery.stages.claims_summary import _claim_c, _claim_d, _claim_e, render
 
     tau = _tau_study(tmp_path)
     tau["small"][0] = {s: _write_spec(tmp_path / f"p{s}.json", PICK, acc, 0.5, id="small-c000",

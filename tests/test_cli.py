@@ -33,7 +33,8 @@ def finetune_record(key, kind, budget, protocol, name, acc, params, macs, proxy=
 
 
 def records(ft_rank0=0.90):
-    recs = [T.record("partition", {"stage": "partition", "set0": "a[l1..l2]; b[s0..s1]", "set1": "a[l3..l4]; b[s2..s3]"},
+    recs = [T.record("partition",
+                     {"stage": "partition", "set0": "a[l1..l2]; b[s0..s1]", "set1": "a[l3..l4]; b[s2..s3]"},
                      {"K": 2}, {"stage_alignment": 1.0}),
             T.record("reassembly/small", {"stage": "reassembly", "budget": "small"},
                      {"budget": {"name": "small", "params_m": 2.0, "macs_m": 30}}, {"candidates": 3})]
@@ -163,3 +164,17 @@ def test_the_proxy_tau_is_computed_within_budgets_never_across_them():
     assert math.isnan(E.proxy_correlation(two_each)["kendall_tau_FT"]) and E.proxy_correlation(two_each)["n_FT"] == 4
     mixed = table({"small": [(1, 0.1), (2, 0.2), (3, 0.3)], "large": [(1, 0.4), (2, 0.3), (3, 0.2), (4, 0.1)]})
     assert E.proxy_correlation(mixed)["kendall_tau_FT"] == pytest.approx((3 * 1.0 + 4 * -1.0) / 7)
+
+
+def test_dery_run_hands_over_to_snakemake_with_the_params_file_last():
+    """Snakemake's --configfile takes every word after it: a target placed after it would be read as a file."""
+    cmd = cli.snakemake_command("params/smoke.yaml", ["claims", "-n"])
+    assert cmd[1:] == ["-m", "snakemake", "--cores", "all", "claims", "-n", "--configfile", "params/smoke.yaml"]
+    for chosen in (["--cores", "1"], ["-c2"], ["--cores=3"], ["-j", "4"]):
+        assert "all" not in cli.snakemake_command(None, chosen), chosen
+    assert cli.snakemake_command(None, ["--", "-n"])[-1] == "-n"
+
+
+def test_dery_run_refuses_a_dotted_config_override_before_snakemake_starts(capsys):
+    assert cli.main(["run", "params/smoke.yaml", "--config", "partition.K=4"]) == 2
+    assert "top-level KEY=VALUE pairs" in capsys.readouterr().err

@@ -149,7 +149,7 @@ def test_one_cpu_process_trains_bit_for_bit_as_before():
         hist = fit(model, x, y, vx, vy, runtime=runtime, **KW)
         assert hist.best_val == best and [e["train_loss"] for e in hist.epochs] == losses
         assert (hist.device, hist.processes) == ("cpu", 1)
-        for (k, a), b in zip(ref.state_dict().items(), model.state_dict().values()):
+        for (k, a), b in zip(ref.state_dict().items(), model.state_dict().values(), strict=True):
             assert torch.equal(a, b), k
         assert accuracy(model, x, y, runtime=runtime) == accuracy(ref, x, y)
 

@@ -34,7 +34,8 @@ def env_for(work: Path) -> dict:
 def sh(work: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(list(cmd), cwd=work, env=env_for(work), capture_output=True, text=True)
     if check and proc.returncode != 0:
-        raise AssertionError(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-4000:]}")
     return proc
 
 
@@ -46,7 +47,8 @@ def planned_jobs(work: Path) -> set[str]:
     out = sh(work, str(BIN / "snakemake"), "-n", "--cores", "1", "--configfile", "params/smoke.yaml").stdout
     if "Nothing to be done" in out:
         return set()
-    return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", out.split("Job stats:", 1)[1], re.MULTILINE)} - {"total"}
+    return ({m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", out.split("Job stats:", 1)[1], re.MULTILINE)}
+            - {"total"})
 
 
 def dvc_outs() -> list[str]:
@@ -75,27 +77,48 @@ def team(tmp_path_factory) -> Path:
     return base
 
 
+def readme_blocks(section: str) -> list[str]:
+    """The bash blocks of one README section, as a user would paste them."""
+    text = (ROOT / "README.md").read_text().split(f"\n## {section}", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)```", text, re.S)
+
+
+def paste(work: Path, block: str) -> subprocess.CompletedProcess:
+    """A README block in a fresh bash (stopping at the first failing line), without this test run's venv on PATH:
+    the block itself must put the tools there. PYTHONPATH only makes the copy import its own dery."""
+    env = {**env_for(work), "PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN)}
+    proc = subprocess.run(["bash", "-e", "-c", block], cwd=work, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"README block failed in {work} ({proc.returncode}):\n{block}\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-4000:]}")
+    return proc
+
+
+VENV = BIN.parent  # a clone links this test run's environment instead of installing one (scripts/setup.sh, minutes)
+
+
 @pytest.fixture(scope="module")
 def alice(team) -> Path:
-    """`dvc repro` of the smoke config, committed and pushed (git and DVC)."""
+    """The README's machine-1 block, pasted as written: `dvc repro` of the smoke config, committed, pushed."""
     work = team / "alice"
-    repro = sh(work, str(BIN / "dvc"), "repro")
-    (team / "alice-repro.log").write_text(repro.stdout + repro.stderr)
-    sh(work, "git", "add", "-A")
-    sh(work, "git", "commit", "-q", "-m", "smoke results")
-    sh(work, str(BIN / "dvc"), "push")
-    sh(work, "git", "push", "-q", "origin", "main")
+    (work / ".venv").symlink_to(VENV)
+    sh(work, "git", "fetch", "-q", "origin")
+    sh(work, "git", "branch", "-q", "--set-upstream-to", "origin/main")
+    proc = paste(work, readme_blocks("Teams")[0])
+    (team / "alice-repro.log").write_text(proc.stdout + proc.stderr)
     return work
 
 
 @pytest.fixture(scope="module")
 def bob(alice, team) -> Path:
-    """A fresh clone, restored with the documented command."""
-    work = team / "bob"
-    sh(team, "git", "clone", "-q", str(team / "origin.git"), str(work))
-    proc = sh(work, str(BIN / "dery"), "restore")
+    """The README's machine-2 block, pasted as written, its set-up replaced by a link to this environment."""
+    block = readme_blocks("Teams")[1]
+    first = block.splitlines()[0]
+    assert first == "git clone YOUR_REMOTE dery && cd dery && bash scripts/setup.sh"
+    block = block.replace(first, f"git clone -q {team / 'origin.git'} bob && cd bob && ln -s {VENV} .venv")
+    proc = paste(team, block)
     (team / "bob-restore.log").write_text(proc.stdout + proc.stderr)
-    return work
+    return team / "bob"
 
 
 def test_dvc_repro_runs_the_params_file_chosen_in_params_yaml(alice):

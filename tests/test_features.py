@@ -91,8 +91,8 @@ def test_non_finite_features_stop_extraction_naming_the_node(x):
         F.extract(model, x)
 
 
-@pytest.mark.parametrize("arch,family", [("resnet18", "cnn"), ("convnext_atto", "cnn"), ("mobilenetv3_small_050", "cnn"),
-                                         ("vit_tiny_patch16_224", "transformer"),
+@pytest.mark.parametrize("arch,family", [("resnet18", "cnn"), ("convnext_atto", "cnn"),
+                                         ("mobilenetv3_small_050", "cnn"), ("vit_tiny_patch16_224", "transformer"),
                                          ("swin_tiny_patch4_window7_224", "transformer")])
 def test_every_node_knows_its_family_and_swin_maps_are_a_transformers(arch, family, x):
     """The transition rule (CNN -> Transformer only) is by family: Swin's NHWC maps come from attention."""

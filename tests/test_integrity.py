@@ -21,7 +21,17 @@ def test_a_sealed_file_verifies_until_one_byte_changes(tmp_path):
     integrity.seal(f)
     integrity.verify(f)
     flip_a_byte(f)
-    with pytest.raises(integrity.IntegrityError, match="changed or corrupted.*re-run snakemake"):
+    with pytest.raises(integrity.IntegrityError, match=r"changed or corrupted.*`snakemake --cores all --forcerun "):
+        integrity.verify(f)
+
+
+def test_the_advised_rebuild_command_names_the_file_and_the_runs_params_file(tmp_path, monkeypatch):
+    f = tmp_path / "x.npz"
+    monkeypatch.delenv(integrity.PARAMS_FILE_ENV, raising=False)
+    assert integrity.rebuild_command(f) == f"snakemake --cores all --forcerun {f}"
+    monkeypatch.setenv(integrity.PARAMS_FILE_ENV, "params/smoke.yaml")
+    with pytest.raises(integrity.IntegrityError, match=f"`snakemake --cores all --forcerun {f} --configfile "
+                                                       "params/smoke.yaml`"):
         integrity.verify(f)
 
 

@@ -1,8 +1,8 @@
 """MLflow as the result store: a real `mlflow server` on 127.0.0.1 over HTTP, and the SQLite default under
 parallel Snakemake jobs. Runs are named and tagged deterministically and never duplicated."""
 import json
-import re
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -39,7 +39,8 @@ def server(tmp_path_factory):
     with open(home / "server.log", "w") as log:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
                                  "--port", str(port), "--workers", "1", "--backend-store-uri",
-                                 f"sqlite:///{home}/server.db", "--default-artifact-root", (home / "artifacts").as_uri()],
+                                 f"sqlite:///{home}/server.db", "--default-artifact-root",
+                                 (home / "artifacts").as_uri()],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=home)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
@@ -66,8 +67,8 @@ def run_snakemake(work: Path, uri: str | None, *args: str) -> subprocess.Complet
     env = {k: v for k, v in project_env(work).items() if k != T.URI_ENV}
     if uri is not None:
         env[T.URI_ENV] = uri
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "params/smoke.yaml", *args],
-                          cwd=work, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "params/smoke.yaml",
+                           *args], cwd=work, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
@@ -149,24 +150,64 @@ def test_dery_results_reads_the_server(served, tmp_path):
     assert "## Budget `tiny`" in proc.stdout and f"({uri})" in proc.stdout
 
 
-def test_a_server_that_is_down_loses_no_result_and_the_next_run_only_logs(smoke_project, tmp_path):
-    """The server is down when the pipeline ends: the ingest fails fast saying nothing is lost; every
-    fine-tuned model and metrics file stays; once the server is back, the re-run trains nothing."""
+class FailingServer:
+    """A server that answers its /health probe but fails every API call (503): it goes down between the start
+    of the run (checked before any job) and the ingest at its end."""
+
+    def __enter__(self):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                self.send_response(200 if self.path.startswith("/health") else 503)
+                self.end_headers()
+                self.wfile.write(b"OK" if self.path.startswith("/health") else b"unavailable")
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+
+
+def test_a_server_that_fails_at_the_ingest_loses_no_result_and_the_next_run_only_logs(smoke_project, tmp_path):
+    """The server fails when the pipeline ends: the ingest stops saying nothing is lost; every fine-tuned
+    model and metrics file stays; once the server is back, the re-run trains nothing."""
     work = clone_project(smoke_project, tmp_path / "project")
     cfg = (work / "params" / "smoke.yaml").read_text() + "\ntracking: {attempts: 2, retry_wait_s: 0.1}\n"
     (work / "params" / "flaky.yaml").write_text(cfg)
     finetuned = {f: f.stat().st_mtime_ns for f in (work / "results" / "finetune").rglob("*") if f.is_file()}
-    env = {**project_env(work), T.URI_ENV: f"http://127.0.0.1:{free_port()}"}  # nothing listens there
-    down = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "params/flaky.yaml"],
-                          cwd=work, env=env, capture_output=True, text=True)
+    with FailingServer() as uri:
+        env = {**project_env(work), T.URI_ENV: uri}
+        down = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "params/flaky.yaml"],
+                              cwd=work, env=env, capture_output=True, text=True)
     assert down.returncode != 0
     log = (work / "results" / "logs" / "track.log").read_text()
-    assert "did not answer" in log and "Nothing is lost" in log and "metrics.json" in log
+    assert "Nothing is lost" in log and "metrics.json" in log
     assert {f: f.stat().st_mtime_ns for f in finetuned} == finetuned, "no fine-tuning result was touched"
     back = run_snakemake_with(work, "params/flaky.yaml")
     out = back.stdout + back.stderr
     assert "rule track:" in out and not re.search(r"rule (finetune_\w+|pretrain_zoo|extract_features):", out)
     assert (work / "results" / "summary.md").exists()
+
+
+def test_a_server_that_is_down_at_the_start_stops_the_run_before_any_job(smoke_project, tmp_path):
+    work = clone_project(smoke_project, tmp_path / "project")
+    before = {f: f.stat().st_mtime_ns for f in (work / "results").rglob("*") if f.is_file()}
+    env = {**project_env(work), T.URI_ENV: f"http://127.0.0.1:{free_port()}"}  # nothing listens there
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "params/smoke.yaml"],
+                          cwd=work, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert ("$DERY_TRACKING_URI: the MLflow server at http://127.0.0.1:" in proc.stderr
+            and "did not answer" in proc.stderr)
+    assert {f: f.stat().st_mtime_ns for f in (work / "results").rglob("*") if f.is_file()} == before
 
 
 def run_snakemake_with(work: Path, params: str) -> subprocess.CompletedProcess:

@@ -87,7 +87,8 @@ def test_a_head_of_another_size_is_replaced_and_the_body_kept(weights):
 
 def test_a_checkpoint_with_another_layout_names_keys_and_the_remap_that_fixes_it(weights):
     entry = CFG["zoo"][1]
-    with pytest.raises(hub.HubError, match=r"does not fit .*encoder_k\.bn1\.bias.*`encoder_\w\.` \(128 keys\), `encoder_\w\.` \(128 keys\).*remap: \{"):
+    with pytest.raises(hub.HubError, match=r"does not fit .*encoder_k\.bn1\.bias.*`encoder_\w\.` \(128 keys\), "
+                                           r"`encoder_\w\.` \(128 keys\).*remap: \{"):
         zoo.create(entry["arch"], 5, entry["kwargs"], weights / entry["weights"])  # no remap
 
 

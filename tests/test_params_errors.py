@@ -1,9 +1,17 @@
-"""Bad params are caught before any job runs: exit non-zero, one plain message, no traceback,
-earlier results untouched."""
+"""Bad params are caught before any job runs: exit non-zero, one plain message naming the key (or the file) and
+the fix, no traceback, bounded time and memory, earlier results untouched.
+
+Three tables: values in a params file (through `snakemake --configfile`), the file itself (through `dery run`,
+and through Snakemake where Snakemake can load it), and overrides on the command line. The cases run
+concurrently in one fixture (each is a separate Snakemake process that stops while parsing); every case is
+then its own test."""
+import os
 import pickle
+import resource
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -11,6 +19,8 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+MEMORY_LIMIT = 6 << 30  # address space per case: torch alone maps ~3.6 GB; a YAML alias bomb would need far more
+TIME_LIMIT_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -94,25 +104,171 @@ CASES = {
     "no zoo at all (not merged onto params/default.yaml)": (lambda c: c.pop("zoo"), "'zoo' is a required property"),
     "a transition rule mixing family and layout": (set_key(["reassembly", "forbid"], [["transformer", "maps"]]),
                                                     "mixes a model family with a tensor layout"),
+    # values a schema type lets through but that have no meaning (found here, not by a crashing job)
+    "learning rate above 1": (set_key(["finetune", "lr"], 5.0), "`finetune.lr`: 5.0 is out of range; it must be <= 1"),
+    "weight decay above 1": (set_key(["zoo_training", "weight_decay"], 3), "`zoo_training.weight_decay`"),
+    "warm-up longer than training": (lambda c: c["finetune"].update(warmup_epochs=4, epochs=1), "never reach"),
+    "proxy batches beyond the split": (set_key(["proxy", "batches"], 40), "`proxy.batches` x `proxy.batch_size`"),
+    "negative seed": (set_key(["seed"], -1), "`seed`: -1 is out of range; it must be >= 0"),
+    "minus infinity as a budget": (lambda c: c["reassembly"]["budgets"][0].update(params_m=float("-inf")),
+                                   "`reassembly.budgets.0.params_m` is -inf"),
+    # structure and types
+    "a one-model zoo": (lambda c: c.update(zoo=c["zoo"][:1]), "`zoo`: has 1 item; it needs at least 2"),
+    "zoo given as a string": (set_key(["zoo"], "resnet18"), "`zoo`: 'resnet18' is not of type array"),
+    "budgets given as a mapping": (set_key(["reassembly", "budgets"], {"name": "tiny"}), "`reassembly.budgets`"),
+    "true where K is expected": (set_key(["partition", "K"], True), "`partition.K`: True is not of type integer"),
+    "a budget with units": (lambda c: c["reassembly"]["budgets"][0].update(params_m="5M"), "params_m"),
+    "a number in quotes": (set_key(["partition", "K"], "2"), "'2' is text, not integer"),
+    "a dotted key at the top level": (lambda c: c.update({"partition.K": 2}), "nest it, `partition: {K: ...}`"),
+    "a 100 kB string in a typed field": (set_key(["seed"], "7" * 100_000), "`seed`"),
+    # models that cannot run at the size every stage feeds them
+    "a ViT built for 224 px": (zoo_entry(2, kwargs={}), "cannot run on the 32x32 images"),
+    "a Swin built for 224 px": (zoo_entry(2, arch="swin_tiny_patch4_window7_224", kwargs={}),
+                                "cannot run on the 32x32 images"),
+    # stores and servers
+    "MLflow folder store": (set_key(["tracking"], {"uri": "file:./mlruns"}), "which MLflow 3 refuses"),
+    "a bare folder as the store": (set_key(["tracking"], {"uri": "results/mlruns"}), "which MLflow 3 refuses"),
+    "a tracking server that does not answer": (set_key(["tracking"], {"uri": "http://127.0.0.1:9"}),
+                                               "`tracking.uri`: the MLflow server at http://127.0.0.1:9 did not "
+                                               "answer"),
 }
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_bad_params_stop_before_any_job_with_a_plain_message(project, case):
-    edit, expected = CASES[case]
-    cfg = smoke()
-    edit(cfg)
-    path = project / "params" / "bad.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "params/bad.yaml"],
-                          cwd=project, capture_output=True, text=True, timeout=120)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out
+def bomb(levels: int = 8) -> str:
+    """YAML anchors nine deep: 'billion laughs' (9**8 = 43 million strings from ten short lines)."""
+    lines = ['  l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "anchors:\n" + "\n".join(lines) + "\n"
+
+
+def smoke_text() -> str:
+    return (ROOT / "params" / "smoke.yaml").read_text()
+
+
+# (file content, what the message says); `direct`: Snakemake can load the file, so the workflow itself must refuse it
+FILE_CASES = {
+    "missing file": (None, "does not exist", False),
+    "a folder instead of a file": ("folder", "is a folder, not a file", False),
+    "not UTF-8": (smoke_text().replace("name: smoke", "name: sm\xf6ke").encode("latin-1"), "is not UTF-8 text", False),
+    "empty file": (b"", "is empty", False),
+    "larger than a params file can be": (smoke_text().encode() + b"# padding\n" * 40_000,
+                                         "KB, and a params file is a few KB", True),
+    "alias bomb in a typed field": ((bomb() + smoke_text().replace("name: smoke", "name: *l7")).encode(),
+                                    "expands to more than 20,000 values", True),
+    "alias bomb in a model's kwargs": ((bomb() + smoke_text().replace("depth: 3,", "depth: 3, extra: *l7,")).encode(),
+                                       "expands to more than 20,000 values", True),
+    "a key given twice": ((smoke_text() + "partition: {K: 3}\n").encode(), "the key `partition` is given twice", True),
+    "a Python tag": (smoke_text().replace("seed: 0", "seed: !!python/object/apply:os.getpid []").encode(),
+                     "uses the tag !!python/object/apply:os.getpid", False),
+    "tab indentation": (smoke_text().replace("  - {id: resnet10t_A", "\t- {id: resnet10t_A").encode(),
+                        "indent with spaces, not tabs", False),
+    "a list at the top level": (b"- resnet18\n- vit_tiny\n", "its top level is list", False),
+    "two YAML documents": ((smoke_text() + "---\nseed: 1\n").encode(), "holds 2 YAML documents", False),
+    "unreadable file": ("unreadable", "permission denied", False),
+}
+
+
+def limited():
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def run(project, args, env=None):
+    proc = subprocess.run([sys.executable, *args], cwd=project, capture_output=True, text=True, timeout=TIME_LIMIT_S,
+                          preexec_fn=limited, env={**os.environ, "PYTHONPATH": str(project), **(env or {})})
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def snakemake(*args):
+    return ["-m", "snakemake", "--cores", "1", *args]
+
+
+def dery_run(*args):
+    return ["-m", "dery.cli", "run", *args]
+
+
+def write_case(project, name, content) -> str:
+    path = project / "params" / f"case-{abs(hash(name)) % 10**8}.yaml"
+    if content == "folder":
+        path.mkdir()
+    elif content == "unreadable":
+        path.write_text(smoke_text())
+        path.chmod(0)
+    elif content is not None:
+        path.write_bytes(content)
+    return str(path.relative_to(project))
+
+
+@pytest.fixture(scope="module")
+def outcomes(project):
+    """Every case's (exit code, output), run concurrently."""
+    jobs = {}
+    for name, (edit, _) in CASES.items():
+        cfg = yaml.safe_load(smoke_text())
+        edit(cfg)
+        path = project / "params" / f"value-{abs(hash(name)) % 10**8}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        jobs[("value", name)] = (snakemake("--configfile", str(path.relative_to(project))), None)
+    for name, (content, _, direct) in FILE_CASES.items():
+        path = write_case(project, name, content)
+        jobs[("file", name)] = (dery_run(path, "-n"), None)
+        if direct:
+            jobs[("direct", name)] = (snakemake("--configfile", path), None)
+    for name, (args, env, _) in OVERRIDES.items():
+        jobs[("override", name)] = (args, env)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        futures = {key: pool.submit(run, project, args, env) for key, (args, env) in jobs.items()}
+        return {key: f.result() for key, f in futures.items()}
+
+
+OVERRIDES = {
+    "a dotted --config key": (dery_run("params/smoke.yaml", "-n", "--config", "partition.K=4"), None,
+                              "Snakemake's --config takes top-level KEY=VALUE pairs"),
+    "a nested --config value": (snakemake("--config", "partition={K: 4}", "--configfile", "params/smoke.yaml"), None,
+                                "'4' is text, not integer"),
+    "an empty zoo from --config": (snakemake("--config", "zoo=[]", "--configfile", "params/smoke.yaml"), None,
+                                   "`zoo`: has 0 items; it needs at least 2"),
+    "a tracking server in the environment that does not answer": (
+        snakemake("--configfile", "params/smoke.yaml"), {"DERY_TRACKING_URI": "http://127.0.0.1:9"},
+        "$DERY_TRACKING_URI: the MLflow server at http://127.0.0.1:9 did not answer"),
+}
+
+
+def assert_stopped_cleanly(project, code, out, expected):
+    assert code != 0, out
     assert expected in out, out
     assert "Traceback" not in out and 'File "' not in out, out
-    assert "dery: the params file has" in out
+    assert "Building DAG of jobs" not in out, "no job may start"
+    assert len(out) < 5000, f"the message must be bounded, got {len(out)} characters"
     assert (project / "results" / "earlier.txt").read_text() == "an earlier result"
     assert sorted(p.name for p in (project / "results").iterdir()) == ["earlier.txt"], "no job ran"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_values_stop_before_any_job_with_a_plain_message(project, outcomes, case):
+    code, out = outcomes[("value", case)]
+    assert_stopped_cleanly(project, code, out, CASES[case][1])
+    assert "dery: the params file has" in out
+
+
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_a_bad_params_file_stops_dery_run_with_a_plain_message_naming_it(project, outcomes, case):
+    if case == "unreadable file" and os.geteuid() == 0:
+        pytest.skip("root reads a file without read permission")
+    code, out = outcomes[("file", case)]
+    assert_stopped_cleanly(project, code, out, FILE_CASES[case][1])
+    assert "dery run: the params file params/case-" in out and "cannot be used" in out
+
+
+@pytest.mark.parametrize("case", [c for c, (_, _, direct) in FILE_CASES.items() if direct])
+def test_a_bad_params_file_that_snakemake_loads_is_refused_by_the_workflow(project, outcomes, case):
+    code, out = outcomes[("direct", case)]
+    assert_stopped_cleanly(project, code, out, FILE_CASES[case][1])
+
+
+@pytest.mark.parametrize("case", OVERRIDES)
+def test_bad_overrides_stop_before_any_job_with_a_plain_message(project, outcomes, case):
+    code, out = outcomes[("override", case)]
+    assert_stopped_cleanly(project, code, out, OVERRIDES[case][2])
 
 
 def test_an_infinite_budget_means_no_limit_and_the_run_names_its_params_file(project):

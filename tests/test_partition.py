@@ -133,10 +133,10 @@ def test_vectorised_solver_returns_the_reference_partition_exactly(kind):
 
 
 def test_bulk_replay_of_the_random_starts_matches_numpys_generator():
-    from dery.partition import _initial_state_rng, _initial_states_replay, _replay_matches_numpy
+    from dery.random_starts import initial_state_rng, initial_states_replay, replay_matches_numpy
 
-    assert _replay_matches_numpy()
+    assert replay_matches_numpy()
     n, k = [8, 16, 12, 33, 14, 27], 4
     bounds = [size_bound(x, k, 0.2) for x in n]
     seeds = [[3, r] for r in range(20)]
-    assert _initial_states_replay(seeds, n, k, bounds) == [_initial_state_rng(s, n, k, bounds) for s in seeds]
+    assert initial_states_replay(seeds, n, k, bounds) == [initial_state_rng(s, n, k, bounds) for s in seeds]

@@ -61,7 +61,7 @@ def test_enumeration_finds_exactly_the_brute_force_feasible_set(seed, method, ke
     for c in got:  # reported costs are the exact totals
         assert (c["params"], c["macs"]) == oracle[ids(c["blocks"])][:2]
     surrogate = [c["surrogate"] for c in got]
-    assert all(x >= y - 1e-9 for x, y in zip(surrogate, surrogate[1:])), "best surrogate first"
+    assert all(x >= y - 1e-9 for x, y in zip(surrogate, surrogate[1:], strict=False)), "best surrogate first"
     assert surrogate[0] == pytest.approx(max(s for _, _, s in oracle.values()))
     assert all((c["single_model"] is not None) == (len({b["model"] for b in c["blocks"]}) == 1) for c in got)
 
@@ -166,7 +166,8 @@ def test_the_authors_rule_is_by_family_cnn_to_transformer_only_and_swin_is_a_tra
 def test_the_layout_rule_stays_available_and_treats_swin_maps_as_maps():
     got = transitions([["tokens", "maps"]])
     assert "swin > resnet" in got and "vit > swin" not in got and "vit > resnet" not in got
-    assert {"resnet > swin", "resnet > vit", "swin > resnet", "swin > vit", "vit > swin", "vit > resnet"} == transitions([])
+    assert {"resnet > swin", "resnet > vit", "swin > resnet", "swin > vit", "vit > swin",
+            "vit > resnet"} == transitions([])
 
 
 def test_a_zoo_model_re_headed_is_no_candidate_unless_kept_and_then_it_is_labelled():

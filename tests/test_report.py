@@ -2,9 +2,11 @@
 run opens in a real headless browser (Debian's chromium) with every image rendered."""
 import html as html_module
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -13,14 +15,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import clone_project, snakemake
+from conftest import clone_project
 
 from dery import report as RP
 from dery import tracking as T
 
 PARTITION = {"sets": [[], []], "stage_alignment": 1.0, "blocks": [
-    {"model": "a", "start": 1, "end": 2, "set": 0, "stage": 0}, {"model": "a", "start": 3, "end": 4, "set": 1, "stage": 1},
-    {"model": "b", "start": 1, "end": 1, "set": 0, "stage": 0}, {"model": "b", "start": 2, "end": 3, "set": 1, "stage": 1}]}
+    {"model": "a", "start": 1, "end": 2, "set": 0, "stage": 0},
+    {"model": "a", "start": 3, "end": 4, "set": 1, "stage": 1},
+    {"model": "b", "start": 1, "end": 1, "set": 0, "stage": 0},
+    {"model": "b", "start": 2, "end": 3, "set": 1, "stage": 1}]}
 NAMES = {"a": ["<stem>", "l1", "l2", "l3", "l4"], "b": ["<stem>", "s1", "s2", "s3"]}
 TABLE = pd.DataFrame({
     "kind": ["assembly"] * 3 + ["scratch", "zoo", "zoo"], "budget": ["small"] * 4 + ["zoo", "zoo"],
@@ -86,9 +90,16 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def smoke_report(smoke_project, tmp_path_factory) -> Path:
-    """`snakemake --report` on a private copy of the session's finished smoke run."""
+    """The README's report block, pasted as written, in a private copy of the session's finished smoke run whose
+    default params are the smoke params."""
     work = clone_project(smoke_project, tmp_path_factory.mktemp("report") / "project")
-    snakemake(work, "--configfile", "params/smoke.yaml", "--report", "results/report.html")
+    (work / "params" / "default.yaml").write_text((work / "params" / "smoke.yaml").read_text())
+    (work / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text().split("\n## The report", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    proc = subprocess.run(["bash", "-e", "-c", block], cwd=work, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(work)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return work
 
 
@@ -129,8 +140,9 @@ PROBE_JS = """
   pre.textContent = JSON.stringify(out);
   document.body.appendChild(pre);
 })();
-"""
-ERROR_HOOK = '<script>window.__deryErrors=[];window.addEventListener("error",e=>window.__deryErrors.push(String(e.message)));</script>'
+"""  # noqa: E501 - JavaScript run in the page; the string is kept byte for byte
+ERROR_HOOK = ('<script>window.__deryErrors=[];window.addEventListener("error",'
+              'e=>window.__deryErrors.push(String(e.message)));</script>')
 
 
 def browse(report: Path, wait_ms: int = 2000) -> dict:
@@ -142,8 +154,9 @@ def browse(report: Path, wait_ms: int = 2000) -> dict:
     probe.write_text(head.replace("<head>", "<head>" + ERROR_HOOK, 1)
                      + f"<script>setTimeout(() => {{ {PROBE_JS} }}, {wait_ms});</script>" + tail)
     with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=120000",
-                               "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                               "--virtual-time-budget=120000", "--dump-dom", probe.as_uri()],
+                              capture_output=True, text=True, timeout=300)
     m = re.search(r'<pre id="dery-probe">(.*?)</pre>', proc.stdout, re.DOTALL)
     assert m, f"the page never finished the probe:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     return json.loads(html_module.unescape(m.group(1)))

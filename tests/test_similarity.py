@@ -15,8 +15,8 @@ def reference_cka(x, y):
     """Kornblith et al. (2019), Gram form with the explicit centring matrix H."""
     n = x.shape[0]
     h = np.eye(n) - np.ones((n, n)) / n
-    k, l = h @ x @ x.T @ h, h @ y @ y.T @ h
-    return float(np.sum(k * l) / (np.linalg.norm(k) * np.linalg.norm(l)))
+    kx, ky = h @ x @ x.T @ h, h @ y @ y.T @ h
+    return float(np.sum(kx * ky) / (np.linalg.norm(kx) * np.linalg.norm(ky)))
 
 
 @pytest.fixture

@@ -113,7 +113,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     fresh, _ = toy(seed=99)  # a new process: different initial weights, restored from the file
     hist = fit(fresh, x, y, x[:10], y[:10], resume=resume, **{**KW, "epochs": 3})
     assert not resume.exists() and len(hist.epochs) == 3
-    for a, b in zip(ref.state_dict().values(), fresh.state_dict().values()):
+    for a, b in zip(ref.state_dict().values(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 

@@ -1,4 +1,5 @@
 """The smoke params run end to end through Snakemake; re-runs touch only what a change affects."""
+import os
 import re
 import subprocess
 import sys
@@ -22,7 +23,8 @@ def planned_jobs(work: Path, params_file: str) -> set[str]:
 def variant(work: Path, name: str, change) -> str:
     cfg = yaml.safe_load((work / "params" / "smoke.yaml").read_text())
     change(cfg)
-    (work / "params" / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))  # key order is part of the params
+    # key order is part of the params
+    (work / "params" / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return f"params/{name}.yaml"
 
 
@@ -38,7 +40,8 @@ def test_summary_answers_the_papers_question(smoke):
     table = pd.read_csv(smoke / "results" / "summary.csv")
     assert set(table["kind"]) == {"assembly", "zoo", "scratch"}
     assemblies = table[table["kind"] == "assembly"]
-    assert len(assemblies) >= 1 and assemblies["FZ_test_acc"].between(0, 1).all() and assemblies["FT_test_acc"].notna().all()
+    assert (len(assemblies) >= 1 and assemblies["FZ_test_acc"].between(0, 1).all()
+            and assemblies["FT_test_acc"].notna().all())
     assert len(table[table["kind"] == "zoo"]) == 3
     assert (assemblies["params_M"] <= 3.0).all() and (assemblies["MACs_M"] <= 30).all(), "within the smoke budget"
     md = (smoke / "results" / "summary.md").read_text()
@@ -64,7 +67,8 @@ def test_every_run_carries_the_fingerprint_and_the_summary_prints_it(smoke):
     assert set(fp["stages"]) == set(FP.STAGES)
     df = runs(sqlite_uri(smoke / "results" / "mlflow.db"), "smoke")
     assert set(df["tags.dery.fingerprint"]) == {FP.short(fp)}
-    assert set(df["tags.dery.fingerprint.zoo"]) == {fp["stages"]["zoo"]} and set(df["tags.dery.repro_mode"]) == {"strict"}
+    assert (set(df["tags.dery.fingerprint.zoo"]) == {fp["stages"]["zoo"]}
+            and set(df["tags.dery.repro_mode"]) == {"strict"})
     assert FP.short(fp) in (smoke / "results" / "summary.md").read_text()
 
 
@@ -82,7 +86,8 @@ def test_changing_a_budget_reruns_only_reassembly_and_what_follows(smoke):
     f = variant(smoke, "budget", lambda c: c["reassembly"]["budgets"][0].update(params_m=2.5))
     jobs = planned_jobs(smoke, f)
     assert {"reassembly_ilp", "proxy_rank", "summarise"} <= jobs
-    upstream = {"split_data", "pretrain_zoo", "extract_features", "similarity", "partition", "block_costs", "finetune_zoo"}
+    upstream = {"split_data", "pretrain_zoo", "extract_features", "similarity", "partition", "block_costs",
+                "finetune_zoo"}
     assert not jobs & upstream, "a budget does not touch the zoo, features, similarity or the partition"
     assert "report_cka" not in jobs and "report_partition" not in jobs
 
@@ -124,3 +129,20 @@ def test_stability_report_reruns_the_partition_with_other_seeds(smoke, monkeypat
     rows = [line for line in md.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")]
     assert len(rows) == 2 and "| 1.00 |" in rows[0], "seed 0 agrees with itself"
     assert "same blocks 1.00" in md and "Max |ΔCKA| 0.00e+00" in md, "a run compared with itself is identical"
+
+
+def test_the_readmes_results_block_works_pasted_after_a_run(smoke_project, tmp_path):
+    """The README's `dery results` block, as written, in a finished project whose default params are the smoke
+    params (so "after a run" takes seconds, not the default's 20 minutes)."""
+    work = clone_project(smoke_project, tmp_path / "project")
+    (work / "params" / "default.yaml").write_text((work / "params" / "smoke.yaml").read_text())
+    (work / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    text = (ROOT / "README.md").read_text().split("\n## Results from MLflow", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```bash\n(.*?)```", text, re.S)
+    proc = subprocess.run(["bash", "-e", "-c", block], cwd=work, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(work)})
+    assert proc.returncode == 0, proc.stderr
+    summary = (smoke_project / "results" / "summary.md").read_text()
+    assert proc.stdout.count(summary) == 2, "both commands print the summary table"
+    assert ((work / "results" / "tables" / "smoke.csv").is_file()
+            and (work / "results" / "tables" / "mine.csv").is_file())

@@ -49,7 +49,8 @@ def overall_verdicts(doc: dict) -> list[tuple[str, str, str]]:
                  a["verdict"] if a else "not measured"))
     bp = doc["b"]["pipeline"]
     rows.append(("(b) equivalence sets follow stage position",
-                 f"alignment {bp['alignment']:.2f} vs random {bp['random_mean']:.2f} (p={bp['p_value']:.3g})", bp["verdict"]))
+                 f"alignment {bp['alignment']:.2f} vs random {bp['random_mean']:.2f} (p={bp['p_value']:.3g})",
+                 bp["verdict"]))
     for b, r in doc["c"].items():
         if b == "zoo_all":
             continue
@@ -64,7 +65,8 @@ def overall_verdicts(doc: dict) -> list[tuple[str, str, str]]:
     for name, e in doc["d"]["proxies"].items():
         pm = e["pooled_mean_acc"]
         rows.append((f"(d) proxy `{name}` ranks assemblies" + (" (pipeline's choice)" if name == chosen else ""),
-                     f"τ {_fmt(pm['tau'])} [{_fmt(pm['tau_lo'])}, {_fmt(pm['tau_hi'])}], ρ {_fmt(pm['rho'])}, n={pm['n']}",
+                     f"τ {_fmt(pm['tau'])} [{_fmt(pm['tau_lo'])}, {_fmt(pm['tau_hi'])}], ρ {_fmt(pm['rho'])}, "
+                     f"n={pm['n']}",
                      e["verdict"]))
     for b, r in doc["e"].items():
         pick = f"pick = {_zoo_row(r['single_model'])}," if r.get("single_model") else "pick beats"
@@ -72,7 +74,8 @@ def overall_verdicts(doc: dict) -> list[tuple[str, str, str]]:
             if arm not in r:
                 continue
             rows.append((f"(e) {b}: {pick} {title.split(' (')[0]}",
-                         f"{_ms(r['pick'])} vs {_ms(r[arm]['acc'])} ({_networks(r[arm])}); diff {_ci(r[arm]['vs_pick'])}",
+                         f"{_ms(r['pick'])} vs {_ms(r[arm]['acc'])} ({_networks(r[arm])}); "
+                         f"diff {_ci(r[arm]['vs_pick'])}",
                          r[arm]["verdict"]))
             for m, acc in r[arm]["single_model"].items():
                 rows.append((f"(e) {b}: {title.split(' (')[0]}, a draw = {_zoo_row(m)}", _ms(acc), "n/a"))
@@ -82,13 +85,13 @@ def overall_verdicts(doc: dict) -> list[tuple[str, str, str]]:
 def render(doc: dict, cfg: dict, fig_dir: str) -> str:
     cl = doc["config"]
     L = [f"# dery claims: experiment `{cfg['name']}`", "",
-         "Measured by `snakemake claims` (workflow/rules/claims.smk) from the cached pipeline results. Accuracies: top-1 "
-         f"on the Fashion-MNIST test set, fine-tuning protocol **{doc['protocol']}** with the pipeline's `finetune` "
-         "params. Intervals: 95% Welch t for differences of means over seeds / distinct networks, 95% percentile "
-         f"bootstrap ({cl['bootstrap']} resamples) for rank correlations. Verdicts are computed: **holds** = interval "
-         "above 0 (or permutation p < 0.05), **reversed** = below 0, **inconclusive** = straddles 0, **n/a** = no "
-         "interval (fewer than 2 distinct samples on a side, or no spread at all) or a side that is a zoo model with "
-         "a new head (one model's blocks in order) rather than a reassembly.", "",
+         "Measured by `snakemake claims` (workflow/rules/claims.smk) from the cached pipeline results. Accuracies: "
+         f"top-1 on the Fashion-MNIST test set, fine-tuning protocol **{doc['protocol']}** with the pipeline's "
+         "`finetune` params. Intervals: 95% Welch t for differences of means over seeds / distinct networks, 95% "
+         f"percentile bootstrap ({cl['bootstrap']} resamples) for rank correlations. Verdicts are computed: **holds** "
+         "= interval above 0 (or permutation p < 0.05), **reversed** = below 0, **inconclusive** = straddles 0, "
+         "**n/a** = no interval (fewer than 2 distinct samples on a side, or no spread at all) or a side that is a zoo "
+         "model with a new head (one model's blocks in order) rather than a reassembly.", "",
          "## Summary", "", "| claim | number | verdict |", "|---|---|---|"]
     L += [f"| {c} | {n} | **{v}** |" for c, n, v in overall_verdicts(doc)]
 
@@ -104,7 +107,8 @@ def render(doc: dict, cfg: dict, fig_dir: str) -> str:
               f"{s['mean_spearman']:.2f}; {s['pairs_significant']}/{s['pairs']} pairs individually p < 0.05. "
               f"Verdict: **{s['verdict']}**.", "",
               "| pair | mean abs Δdepth | shuffled | p | Spearman ρ |", "|---|---|---|---|---|"]
-        L += [f"| {k} | {v['mean_abs_ddepth']:.3f} | {v['null_mean']:.3f} | {v['p_value']:.3g} | {_fmt(v['spearman'], 2)} |"
+        L += [f"| {k} | {v['mean_abs_ddepth']:.3f} | {v['null_mean']:.3f} | {v['p_value']:.3g} | "
+              f"{_fmt(v['spearman'], 2)} |"
               for k, v in sorted(a["pairs"].items())]
         L += ["", f"Heatmaps: `{Path(fig_dir) / 'cka_heatmaps.png'}`."]
 
@@ -114,9 +118,9 @@ def render(doc: dict, cfg: dict, fig_dir: str) -> str:
     other = "argmax assignment (authors')" if b["one_per_model"] else "one block per model per set"
     L += ["", "## (b) Equivalence sets group blocks by stage position (paper §4)", "",
           "Stage alignment = fraction of blocks whose set index equals their stage index. dery keeps real cross-stage "
-          "similarity (the authors' code zeroes it by a typo, which forces alignment to 1), so alignment has to emerge. "
-          f"Null: {cl['permutations']} random partitions (random cuts within the size bound, random set labels, sets "
-          "renumbered by depth exactly as the partition does).", "",
+          "similarity (the authors' code zeroes it by a typo, which forces alignment to 1), so alignment has to "
+          f"emerge. Null: {cl['permutations']} random partitions (random cuts within the size bound, random set "
+          "labels, sets renumbered by depth exactly as the partition does).", "",
           "| partition | alignment | random mean | random 95th pct | p | verdict |", "|---|---|---|---|---|---|",
           f"| pipeline: {mode} | {bp['alignment']:.3f} | {bp['random_mean']:.3f} | {bp['random_p95']:.3f} | "
           f"{bp['p_value']:.3g} | **{bp['verdict']}** |",
@@ -126,10 +130,12 @@ def render(doc: dict, cfg: dict, fig_dir: str) -> str:
           f"{b['composition']}."]
 
     c = doc["c"]
-    L += ["", f"## (c) Reassembled vs from scratch and vs zoo models (Fig. 11, Table 9), {doc['protocol']}, over seeds", "",
+    L += ["", "## (c) Reassembled vs from scratch and vs zoo models (Fig. 11, Table 9), "
+          f"{doc['protocol']}, over seeds", "",
           "`pick` = the pipeline's rank-0 assembly; `scratch` = the same architecture, every weight re-initialised, "
           "trained the same way; zoo models: each fine-tuned from its pretraining (params with the 10-class head).", "",
-          "| budget | pick (params) | pick acc | scratch acc | pick − scratch [95% CI] | verdict |", "|---|---|---|---|---|---|"]
+          "| budget | pick (params) | pick acc | scratch acc | pick − scratch [95% CI] | verdict |",
+          "|---|---|---|---|---|---|"]
     for bname, r in c.items():
         if bname == "zoo_all":
             continue
@@ -143,7 +149,8 @@ def render(doc: dict, cfg: dict, fig_dir: str) -> str:
         if not r["zoo_equal_or_larger"]:
             L.append(f"| {bname} | (no zoo model is as large as the pick) | | | |")
         for m, z in sorted(r["zoo_equal_or_larger"].items()):
-            L.append(f"| {bname} | {m} ({z['params'] / 1e6:.2f}M) | {_ms(z['acc'])} | {_ci(z['vs'])} | {z['verdict']} |")
+            L.append(f"| {bname} | {m} ({z['params'] / 1e6:.2f}M) | {_ms(z['acc'])} | {_ci(z['vs'])} | "
+                     f"{z['verdict']} |")
     L += ["", "All zoo models: " + "; ".join(f"{m} {_ms(z['acc'])}" for m, z in sorted(c["zoo_all"].items())) + "."]
 
     d = doc["d"]
@@ -152,7 +159,8 @@ def render(doc: dict, cfg: dict, fig_dir: str) -> str:
           f"`{doc['chosen_proxy']}`, rank 0 and the last included), seeds {d['seeds']}; candidates per budget "
           f"{doc['candidates']}. τ/ρ are computed within each budget and averaged (weighted by n) against the "
           "seed-mean test accuracy; the bootstrap resamples assemblies within budgets."
-          + "".join(f" Left out of {bb} (not reassemblies): " + ", ".join(f"{i} = {_zoo_row(m)}" for i, m in sorted(g.items()))
+          + "".join(f" Left out of {bb} (not reassemblies): "
+                    + ", ".join(f"{i} = {_zoo_row(m)}" for i, m in sorted(g.items()))
                     + "." for bb, g in sorted(d.get("single_model", {}).items())), "",
           "| proxy | Kendall τ [95% CI] | Spearman ρ [95% CI] | τ per budget | τ per seed | s / candidate | verdict |",
           "|---|---|---|---|---|---|---|"]
@@ -161,7 +169,8 @@ def render(doc: dict, cfg: dict, fig_dir: str) -> str:
         secs = [v.get(name) for v in doc["proxy_seconds_per_candidate"].values() if v.get(name) is not None]
         L.append(f"| {name}{' (chosen)' if name == doc['chosen_proxy'] else ''} | {_fmt(pm['tau'])} "
                  f"[{_fmt(pm['tau_lo'])}, {_fmt(pm['tau_hi'])}] | {_fmt(pm['rho'])} [{_fmt(pm['rho_lo'])}, "
-                 f"{_fmt(pm['rho_hi'])}] | " + ", ".join(f"{bb}: {_fmt(v['tau'], 2)}" for bb, v in e["per_budget"].items())
+                 f"{_fmt(pm['rho_hi'])}] | "
+                 + ", ".join(f"{bb}: {_fmt(v['tau'], 2)}" for bb, v in e["per_budget"].items())
                  + " | " + ", ".join(f"{s}: {_fmt(v, 2)}" for s, v in e["per_seed"].items())
                  + f" | {_fmt(float(np.mean(secs)) if secs else float('nan'), 2)} | **{e['verdict']}** |")
     sel = d["selection"]

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .. import data as D
-from .. import zoo as Z
+from ..atomic import write_json
 
 
 def split_data(out: str, data_cfg: dict, sources: dict, per_source: int, val_fraction: float, target: dict,
@@ -40,4 +40,4 @@ def split_data(out: str, data_cfg: dict, sources: dict, per_source: int, val_fra
         split[f"source_{name}_train"] = mine[: per_source - n_val].tolist()
         split[f"source_{name}_val"] = mine[per_source - n_val: per_source].tolist()
         split[f"source_{name}_classes"] = list(classes)
-    Z.write_json(out, split)
+    write_json(out, split)

@@ -6,6 +6,7 @@ import numpy as np
 from .. import data as D
 from .. import features as F
 from .. import zoo as Z
+from ..atomic import write_json
 from ._io import _json, _save_npz
 
 
@@ -23,4 +24,4 @@ def extract_features(ckpt: str, splits: str, probe_images: int, batch_size: int,
         raise FloatingPointError(f"model `{meta['id']}` ({ckpt}): {exc}") from exc
     tr = nf.trace
     _save_npz(out_npz, **{f"f{i:04d}": f for i, f in enumerate(nf.feats)})
-    Z.write_json(out_json, {"model": meta["id"], **F.describe(model, nf, tr), "probe_images": probe_images})
+    write_json(out_json, {"model": meta["id"], **F.describe(model, nf, tr), "probe_images": probe_images})

@@ -16,6 +16,7 @@ from .. import stitching as ST
 from .. import tracking as T
 from .. import training as TR
 from .. import zoo as Z
+from ..atomic import write_json
 from ._io import NUM_CLASSES, _images, _infos, _json, spec_seed
 
 
@@ -59,7 +60,7 @@ def finetune_candidate(ranking_json: str, rank: int, protocol: str, splits: str,
     if rank >= len(doc["candidates"]):  # fewer feasible assemblies than top_k: say so, train nothing
         if DIST.is_main():
             _write_skipped_artifact(out_spec, f"budget {budget} has only {len(doc['candidates'])} candidates")
-            Z.write_json(out_metrics, {"skip": True, "key": key})
+            write_json(out_metrics, {"skip": True, "key": key})
         return
     c = doc["candidates"][rank]
     infos = _infos(sorted({b["model"] for b in c["blocks"]}), ckpt_dir, feat_dir)
@@ -73,7 +74,7 @@ def finetune_candidate(ranking_json: str, rank: int, protocol: str, splits: str,
                     {"budget": budget, "budget_limits": doc["budget"], "rank": rank, "protocol": protocol,
                      "proxy": doc.get("proxy"), "test_acc": acc, "val_acc": hist.best_val,
                      "best_epoch": hist.best_epoch, "trainable_params": hist.trainable_params})
-    Z.write_json(out_metrics, _finetune_record(key, {"kind": "assembly", "budget": budget, "protocol": protocol,
+    write_json(out_metrics, _finetune_record(key, {"kind": "assembly", "budget": budget, "protocol": protocol,
                                                      "name": f"rank{rank}:{c['id']}", "blocks": _blocks_text(c)},
                                                cfg, hist, acc, {"params": c["params"], "macs": c["macs"],
                                                                 "proxy_score": c["proxy_score"], "rank": rank}))
@@ -81,7 +82,8 @@ def finetune_candidate(ranking_json: str, rank: int, protocol: str, splits: str,
 
 def _write_artifact(asm, out_spec: str, c: dict, infos: dict, ckpt_dir: str, split: dict, cfg: dict, seed: int,
                     stem: str, init: str, result: dict) -> None:
-    """Weights + spec + model card (+ ONNX, TorchScript) of the fine-tuned assembly: ``dery.load_assembly`` reads them."""
+    """Weights + spec + model card (+ ONNX, TorchScript) of the fine-tuned assembly: ``dery.load_assembly``
+    reads them."""
     from .. import artifacts as A
 
     sources = {}
@@ -91,8 +93,8 @@ def _write_artifact(asm, out_spec: str, c: dict, infos: dict, ckpt_dir: str, spl
     data = {"dataset": "Fashion-MNIST (Xiao et al. 2017; MIT licence, Zalando Research), from " + split["data_dir"],
             "fine_tuned_on": f"{len(split['target_train'])} training images (seeded target_train split, seed {seed}), "
                              "random 4-px-padded crops and horizontal flips",
-            "model_selection": f"the epoch with the best accuracy on {len(split['target_val'])} held-out training images"
-                               " (target_val)",
+            "model_selection": f"the epoch with the best accuracy on {len(split['target_val'])} held-out training "
+                               "images (target_val)",
             "tested_on": f"the first {cfg['test_images']} images of the Fashion-MNIST test set, once"}
     info = {**{k: v for k, v in c.items() if k != "blocks"}, **result, "data": data, "training": {**cfg, "seed": seed}}
     reference = D.load_fashion_mnist(split["data_dir"]).test_x[: A.REFERENCE_IMAGES]
@@ -108,7 +110,7 @@ def _write_skipped_artifact(out_spec: str, why: str) -> None:
 
     files = A.paths(out_spec)
     save_file({}, str(files.weights))
-    Z.write_json(out_spec, {"skipped": why})
+    write_json(out_spec, {"skipped": why})
     files.card.write_text(f"# No assembly at this rank\n\nNothing was fine-tuned: {why}.\n")
 
 
@@ -121,7 +123,7 @@ def finetune_zoo(ckpt: str, splits: str, cfg: dict, seed: int, out_metrics: str)
     hist, acc = _train_eval(model, _json(splits), cfg, seed, [], f"zoo/{meta['id']}", out_metrics + ".resume.pt")
     if not DIST.is_main():
         return
-    Z.write_json(out_metrics, _finetune_record(f"finetune/zoo/{meta['id']}/FT",
+    write_json(out_metrics, _finetune_record(f"finetune/zoo/{meta['id']}/FT",
                                                {"kind": "zoo", "budget": "zoo", "protocol": "FT", "name": meta["id"],
                                                 "blocks": f"{meta['arch']} ({meta['source']})"},
                                                cfg, hist, acc, {"params": R.count_params(model), "macs": macs}))
@@ -142,7 +144,7 @@ def finetune_scratch(ranking_json: str, splits: str, ckpt_dir: str, feat_dir: st
     hist, acc = _train_eval(asm, _json(splits), cfg, seed, [], f"scratch/{budget}", out_metrics + ".resume.pt")
     if not DIST.is_main():
         return
-    Z.write_json(out_metrics, _finetune_record(f"finetune/{budget}/scratch/FT",
+    write_json(out_metrics, _finetune_record(f"finetune/{budget}/scratch/FT",
                                                {"kind": "scratch", "budget": budget, "protocol": "FT",
                                                 "name": f"scratch:{c['id']}", "blocks": _blocks_text(c)},
                                                cfg, hist, acc, {"params": c["params"], "macs": c["macs"]}))

@@ -9,7 +9,7 @@ import numpy as np
 from .. import integrity
 from .. import partition as P
 from .. import tracking as T
-from .. import zoo as Z
+from ..atomic import write_json
 from ._io import _json
 
 
@@ -31,14 +31,14 @@ def partition(sim_files: list[str], feature_jsons: list[str], cfg: dict, seed: i
     res = P.partition(pairs, n_nodes, cfg["K"], cfg["eps"], cfg["restarts"], cfg["iters"], seed, cfg["one_per_model"])
     sim = P.Similarity(pairs)
     doc = res.to_json()
-    for b, d in zip(res.blocks, doc["blocks"]):
+    for b, d in zip(res.blocks, doc["blocks"], strict=True):
         d["anchor_similarity"] = sim.block(b, res.anchors[res.set_of[b]])
         d["nodes"] = [metas[b.model]["names"][b.start], metas[b.model]["names"][b.end]]
     doc["stage_alignment"] = P.stage_alignment(res)
     doc["size_bounds"] = {m: P.size_bound(n, cfg["K"], cfg["eps"]) for m, n in n_nodes.items()}
-    Z.write_json(out, doc)
+    write_json(out, doc)
     sets_txt = {f"set{j}": "; ".join(f"{b['model']}[{b['nodes'][0]}..{b['nodes'][1]}]" for b in doc["blocks"]
                                      if b["set"] == j) for j in range(cfg["K"])}
-    Z.write_json(out_metrics, T.record("partition", {"stage": "partition", **sets_txt}, cfg,
+    write_json(out_metrics, T.record("partition", {"stage": "partition", **sets_txt}, cfg,
                                        {"objective": res.objective, "stage_alignment": doc["stage_alignment"],
                                         "seconds": time.perf_counter() - t0}))

@@ -19,7 +19,7 @@ import torch
 
 from .. import stitching as ST
 from .. import tracking as T
-from .. import zoo as Z
+from ..atomic import write_json
 from ._io import NUM_CLASSES, _images, _infos, _json, spec_seed
 
 log = logging.getLogger("dery")
@@ -103,12 +103,13 @@ def proxy_rank(candidates_json: str, splits: str, ckpt_dir: str, feat_dir: str, 
         c["rank"] = r
     n = max(len(ranked), 1)
     seconds = time.perf_counter() - t0
-    Z.write_json(out, {"budget": doc["budget"], "proxy": cfg["name"], "proxies": names,
+    write_json(out, {"budget": doc["budget"], "proxy": cfg["name"], "proxies": names,
                        "seconds_per_candidate": {"build": build_s / n, **{k: v / n for k, v in timings.items()}},
                        "candidates": ranked})
     metrics = {"candidates": len(ranked), "seconds": seconds, "candidates_per_second": len(ranked) / max(seconds, 1e-9),
                "best_score": ranked[0]["proxy_score"] if ranked else float("nan"),
                "build_seconds_per_candidate": build_s / n}
     metrics.update({f"{k}_seconds_per_candidate": v / n for k, v in timings.items()})
-    Z.write_json(out_metrics, T.record(f"proxy/{doc['budget']['name']}", {"stage": "proxy", "budget": doc["budget"]["name"],
-                                                                            "proxy": cfg["name"]}, cfg, metrics))
+    write_json(out_metrics, T.record(f"proxy/{doc['budget']['name']}",
+                                     {"stage": "proxy", "budget": doc["budget"]["name"], "proxy": cfg["name"]}, cfg,
+                                     metrics))

@@ -5,14 +5,14 @@ import time
 
 from .. import reassembly as R
 from .. import tracking as T
-from .. import zoo as Z
+from ..atomic import write_json
 from ._io import NUM_CLASSES, _infos, _json
 
 
 def block_costs(partition_json: str, ckpt_dir: str, feat_dir: str, stem: str, out: str) -> None:
     part = _json(partition_json)
     infos = _infos(sorted({b["model"] for b in part["blocks"]}), ckpt_dir, feat_dir, with_feats=False)
-    Z.write_json(out, R.compute_costs(part, infos, NUM_CLASSES, stem))
+    write_json(out, R.compute_costs(part, infos, NUM_CLASSES, stem))
 
 
 def reassemble(costs_json: str, budget: dict, cfg: dict, seed: int, out: str, out_metrics: str) -> None:
@@ -31,8 +31,8 @@ def reassemble(costs_json: str, budget: dict, cfg: dict, seed: int, out: str, ou
                            f"report it with {costs_json}.")
     for i, c in enumerate(cands):
         c["id"] = f"{budget['name']}-c{i:03d}"
-    Z.write_json(out, {"budget": budget, "candidates": cands})
-    Z.write_json(out_metrics, T.record(f"reassembly/{budget['name']}", {"stage": "reassembly", "budget": budget["name"]},
+    write_json(out, {"budget": budget, "candidates": cands})
+    write_json(out_metrics, T.record(f"reassembly/{budget['name']}", {"stage": "reassembly", "budget": budget["name"]},
                                        {"budget": budget, **cfg}, {"candidates": len(cands),
                                                                    "scip_optimum": best["surrogate"],
                                                                    "seconds": time.perf_counter() - t0}))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .. import artifacts as A
-from .. import zoo as Z
+from ..atomic import write_json
 
 log = logging.getLogger("dery")
 REFERENCE_ATOL = 1e-5  # the reloaded artifact must reproduce its recorded logits this closely before it is registered
@@ -80,8 +80,8 @@ def _metrics_run_id(client, experiment: str, key: str) -> str | None:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], f"tags.`dery.key` = '{key}'", order_by=["attributes.start_time DESC"],
-                              max_results=1)
+    runs = client.search_runs([exp.experiment_id], f"tags.`dery.key` = '{key}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
 
 
@@ -117,12 +117,14 @@ def register_one(client, spec_path: str | Path, tracking_uri: str, experiment: s
     extra = [str(p) for p in (files.spec, files.weights, files.card, files.onnx, files.torchscript) if p.is_file()]
     key = f"finetune/{spec['budget']}/rank{spec['rank']}/{spec['protocol']}"
     tags = {"dery.key": f"model/{spec['budget']}/rank{spec['rank']}/{spec['protocol']}", "dery.artifact_sha256": sha,
-            "budget": spec["budget"], "protocol": spec["protocol"], "candidate": spec["id"], "blocks": _blocks_text(spec)}
+            "budget": spec["budget"], "protocol": spec["protocol"], "candidate": spec["id"],
+            "blocks": _blocks_text(spec)}
     metrics_run = _metrics_run_id(client, experiment, key)
     if metrics_run:
         tags["dery.metrics_run_id"] = metrics_run
     exp_id = _models_experiment(client, experiment, tracking_uri)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"{spec['budget']}-{candidate_alias(spec['rank'], spec['protocol'])}",
+    with mlflow.start_run(experiment_id=exp_id,
+                          run_name=f"{spec['budget']}-{candidate_alias(spec['rank'], spec['protocol'])}",
                           tags=tags) as run:
         mlflow.log_metrics({k: float(spec[k]) for k in ("val_acc", "test_acc", "params", "macs", "proxy_score")
                             if spec.get(k) is not None})
@@ -137,8 +139,9 @@ def register_one(client, spec_path: str | Path, tracking_uri: str, experiment: s
         client.set_model_version_tag(name, str(version), k, str(v))
     client.update_model_version(name, str(version), description=(
         f"{spec['protocol']} fine-tuned assembly {spec['id']} (proxy rank {spec['rank']}): {_blocks_text(spec)}. "
-        f"val acc {spec['val_acc']:.4f}, test acc {spec['test_acc']:.4f}, {spec['params']} params, {spec['macs']} MACs. "
-        "Model card, spec and weights: extra_files/ of this model; load with dery.load_assembly on the spec.")[:4900])
+        f"val acc {spec['val_acc']:.4f}, test acc {spec['test_acc']:.4f}, {spec['params']} params, "
+        f"{spec['macs']} MACs. Model card, spec and weights: extra_files/ of this model; load with dery.load_assembly "
+        "on the spec.")[:4900])
     return {**entry, "version": version, "run_id": run.info.run_id, "new": True}
 
 
@@ -165,7 +168,8 @@ def register_models(spec_files: list[str], tracking_uri: str, experiment: str, o
             continue
         e = register_one(client, p, tracking_uri, experiment)
         by_budget[e["budget"]].append(e)
-    summary: dict[str, Any] = {"tracking_uri": tracking_uri, "experiment": experiment, "skipped": skipped, "budgets": {}}
+    summary: dict[str, Any] = {"tracking_uri": tracking_uri, "experiment": experiment, "skipped": skipped,
+                               "budgets": {}}
     for budget, entries in sorted(by_budget.items()):
         name = registry_name(experiment, budget)
         client.update_registered_model(name, description=f"DeRy assemblies of experiment `{experiment}`, budget "
@@ -177,5 +181,5 @@ def register_models(spec_files: list[str], tracking_uri: str, experiment: str, o
         client.set_registered_model_alias(name, "best", str(best["version"]))
         summary["budgets"][budget] = {"name": name, "uri": f"models:/{name}@best", "best": best, "versions": entries}
         log.info("%s@best = version %s (%s, val acc %.4f)", name, best["version"], best["spec"], best["val_acc"])
-    Z.write_json(out, summary)
+    write_json(out, summary)
     return summary

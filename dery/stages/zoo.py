@@ -8,6 +8,7 @@ from .. import reassembly as R
 from .. import tracking as T
 from .. import training as TR
 from .. import zoo as Z
+from ..atomic import write_json
 from ._io import _images, _json
 
 
@@ -24,17 +25,18 @@ def pretrain(spec: dict, splits: str, train_cfg: dict, seed: int, out_ckpt: str,
                      spec.get("pretrained", False))
     hist = TR.History()
     if not (spec.get("weights") or spec.get("pretrained")):
-        hist = TR.fit(model, tx, remap[ty], vx, remap[vy], epochs=train_cfg["epochs"], batch_size=train_cfg["batch_size"],
-                      lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"],
+        hist = TR.fit(model, tx, remap[ty], vx, remap[vy], epochs=train_cfg["epochs"],
+                      batch_size=train_cfg["batch_size"], lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"],
                       label_smoothing=train_cfg["label_smoothing"], warmup_epochs=train_cfg["warmup_epochs"],
                       seed=seed, name=spec["id"], progress=True, resume=out_ckpt + ".resume.pt")
     val_acc = TR.accuracy(model, vx, remap[vy])
     meta = {"id": spec["id"], "arch": spec["arch"], "kwargs": spec.get("kwargs") or {}, "num_classes": len(classes),
             "source": spec["source"], "classes": classes, "val_acc": val_acc, "license": spec.get("license", ""),
             "params": R.count_params(model),
-            "pretrained_from": spec.get("weights") or (f"timm hub: {spec['arch']}" if spec.get("pretrained") else "trained here")}
+            "pretrained_from": spec.get("weights") or (f"timm hub: {spec['arch']}" if spec.get("pretrained")
+                                                       else "trained here")}
     Z.save(model, out_ckpt, meta)
-    Z.write_json(out_metrics, T.record(f"pretrain/{spec['id']}", {"stage": "pretrain", "model": spec["id"],
+    write_json(out_metrics, T.record(f"pretrain/{spec['id']}", {"stage": "pretrain", "model": spec["id"],
                                                                      "arch": spec["arch"], "source": spec["source"]},
                                        {"train": train_cfg, "kwargs": spec.get("kwargs") or {}},
                                        {"val_acc": val_acc, "params": meta["params"], "seconds": hist.seconds,

@@ -38,14 +38,38 @@ def claims_zoo_file(model, seed):
 
 
 def claims_manifest():
-    tau = {b: {s: {sd: claims_finetune_file("tau", b, s, sd) for sd in (CLAIM_SEEDS if s == 0 else []) + TAU_SEEDS}
-               for s in TAU_SLOTS} for b in BUDGETS}
-    arms = {name: {b: {d: claims_finetune_file(f"{prefix}{d}", b, 0, arm_seed(d)) for d in DRAWS} for b in BUDGETS}
-            for name, prefix in (("cuts", "cuts"), ("rand_cover", "randcover"), ("rand_cuts", "randcuts"))}
-    return {"tau": tau,
-            "scratch": {b: {sd: claims_scratch_file(b, sd) for sd in CLAIM_SEEDS} for b in BUDGETS},
-            "zoo": {m: {sd: claims_zoo_file(m, sd) for sd in CLAIM_SEEDS} for m in MODELS},
-            "arms": arms}
+    tau = {
+        b: {
+            s: {
+                sd: claims_finetune_file("tau", b, s, sd)
+                for sd in (CLAIM_SEEDS if s == 0 else []) + TAU_SEEDS
+            }
+            for s in TAU_SLOTS
+        }
+        for b in BUDGETS
+    }
+    arms = {
+        name: {
+            b: {
+                d: claims_finetune_file(f"{prefix}{d}", b, 0, arm_seed(d))
+                for d in DRAWS
+            }
+            for b in BUDGETS
+        }
+        for name, prefix in (
+            ("cuts", "cuts"),
+            ("rand_cover", "randcover"),
+            ("rand_cuts", "randcuts"),
+        )
+    }
+    return {
+        "tau": tau,
+        "scratch": {
+            b: {sd: claims_scratch_file(b, sd) for sd in CLAIM_SEEDS} for b in BUDGETS
+        },
+        "zoo": {m: {sd: claims_zoo_file(m, sd) for sd in CLAIM_SEEDS} for m in MODELS},
+        "arms": arms,
+    }
 
 
 def _leaves(x):
@@ -68,7 +92,9 @@ def claims_ranking(wildcards):
     if arm.startswith("cuts"):
         return f"results/claims/random/{arm}/{wildcards.budget}/ranking.json"
     space, draw = re.fullmatch(r"rand(cover|cuts)([0-9]+)", arm).groups()
-    return f"results/claims/random/{space}{draw}/{wildcards.budget}/random_assembly.json"
+    return (
+        f"results/claims/random/{space}{draw}/{wildcards.budget}/random_assembly.json"
+    )
 
 
 def claims_costs(wildcards):

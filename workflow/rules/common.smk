@@ -8,26 +8,46 @@ import sys
 
 from snakemake.utils import validate
 
-from dery import repro
+from dery import integrity, params_file, repro, tracking
 from dery.checks import ParamsError, check, clear_stale_lock
 
-
-if workflow.is_main_process:  # once per run, not in every job that re-parses this file
-    _given = [os.path.relpath(f) for f in workflow.overwrite_configfiles]
-    print(f"dery: params file {', '.join(_given) or 'params/default.yaml'} "
-          f"(`{config.get('name')}`; keys it leaves out take the schema's defaults)", file=sys.stderr)
-# Problems in the params file stop here, before any job, as one paragraph without a traceback.
+# Problems in the params file stop here, before any job, as one paragraph without a traceback. Snakemake has
+# loaded the files already (keeping the last of two equal keys, expanding YAML aliases); read them again with
+# dery's rules, and bound the size of what the checks below traverse and quote.
+_given = [os.path.relpath(f) for f in workflow.overwrite_configfiles]
 try:
+    for _f in _given:
+        params_file.load(_f)
+    _huge = params_file.too_many_values(
+        config, "the params (file and --config overrides together)"
+    )
+    if _huge:
+        raise ParamsError(
+            f"dery: the params file has a problem (nothing was run, no result was touched):\n- {_huge}"
+        )
+    if (
+        workflow.is_main_process
+    ):  # once per run, not in every job that re-parses this file
+        print(
+            f"dery: params file {', '.join(_given) or 'params/default.yaml'} (`{params_file.clip(config.get('name'), 60, quote=False)}`;"
+            " keys it leaves out take the schema's defaults)",
+            file=sys.stderr,
+        )
     check(config, Path(workflow.basedir) / "workflow/schemas/params.schema.yaml")
-except ParamsError as problem:
+except (ParamsError, params_file.ParamsFileError) as problem:
     sys.exit(str(problem))
 validate(config, schema="../schemas/params.schema.yaml")
 # Before any job starts: the libraries read their instruction-set caps when they load, so jobs (and
 # their DDP children, and jobs on cluster nodes, which re-parse this file) must inherit them.
+# jobs inherit it and name it in the commands their errors advise (dery.integrity.rebuild_command)
+integrity.remember_params_file(_given)
 REPRO = repro.settings(config)
 repro.apply(config)
 if clear_stale_lock():
-    print("dery: removed the lock of a killed Snakemake run in this directory", file=sys.stderr)
+    print(
+        "dery: removed the lock of a killed Snakemake run in this directory",
+        file=sys.stderr,
+    )
 
 ROOT = Path(workflow.basedir)
 MODELS = [m["id"] for m in config["zoo"]]
@@ -37,6 +57,7 @@ PAIRS = [f"{a}.vs.{b}" for a, b in combinations_with_replacement(sorted(MODELS),
 RANKS = list(range(config["finetune"]["top_k"]))
 PROTOCOLS = config["finetune"]["protocols"]
 CONDA_ENV = "../envs/dery.yaml"
+INGESTED = "results/mlflow/ingested.json"  # the ingest's marker; the store itself is outside Snakemake's view
 
 
 def code(*modules):
@@ -58,7 +79,23 @@ def tracking_uri():
     Relative on purpose: the same params give the same URI in every clone (no spurious re-runs of
     the ingest after `dvc pull` elsewhere). Same precedence as dery.tracking.resolve_uri.
     """
-    return os.environ.get("DERY_TRACKING_URI") or config["tracking"].get("uri") or "sqlite:///results/mlflow.db"
+    return (
+        os.environ.get("DERY_TRACKING_URI")
+        or config["tracking"].get("uri")
+        or "sqlite:///results/mlflow.db"
+    )
+
+
+if workflow.is_main_process and (
+    _lost := tracking.lost_store(tracking_uri(), config["name"], INGESTED)
+):
+    # Nothing is lost (the *.metrics.json records are the source of truth): the ingest runs again and fills it.
+    Path(INGESTED).unlink()
+    print(
+        f"dery: {_lost}; it is rebuilt from the results/**/*.metrics.json records (the ingest and the "
+        "tables after it run again)",
+        file=sys.stderr,
+    )
 
 
 def params_hash():
@@ -71,8 +108,15 @@ def metric_files():
     files = [f"results/zoo/{m}.metrics.json" for m in MODELS]
     files += ["results/partition/equivalence_sets.metrics.json"]
     for b in BUDGETS:
-        files += [f"results/reassembly/{b}/candidates.metrics.json", f"results/proxy/{b}/ranking.metrics.json"]
-        files += [f"results/finetune/{b}/rank{r}_{p}.metrics.json" for r in RANKS for p in PROTOCOLS]
+        files += [
+            f"results/reassembly/{b}/candidates.metrics.json",
+            f"results/proxy/{b}/ranking.metrics.json",
+        ]
+        files += [
+            f"results/finetune/{b}/rank{r}_{p}.metrics.json"
+            for r in RANKS
+            for p in PROTOCOLS
+        ]
         if config["finetune"]["scratch_baseline"]:
             files.append(f"results/finetune/{b}/scratch_FT.metrics.json")
     if config["finetune"]["zoo_baselines"]:
@@ -94,4 +138,8 @@ FINGERPRINT_FILES = {
 
 
 def finetune_cfg():
-    return {k: v for k, v in config["finetune"].items() if k not in ("top_k", "protocols", "zoo_baselines", "scratch_baseline")}
+    return {
+        k: v
+        for k, v in config["finetune"].items()
+        if k not in ("top_k", "protocols", "zoo_baselines", "scratch_baseline")
+    }

@@ -7,17 +7,17 @@ rule extract_features:
     output:
         npz="results/features/{model}.npz",
         meta="results/features/{model}.json",
-    params:
-        repro=REPRO,  # the kernels a job may use change its numbers
-        probe_images=config["features"]["probe_images"],
-        batch_size=config["features"]["batch_size"],
-    threads: 1
     log:
         "results/logs/extract_features/{model}.log",
     benchmark:
         "results/benchmarks/extract_features/{model}.tsv"
     conda:
         CONDA_ENV
+    threads: 1
+    params:
+        repro=REPRO,  # the kernels a job may use change its numbers
+        probe_images=config["features"]["probe_images"],
+        batch_size=config["features"]["batch_size"],
     script:
         "../scripts/extract_features.py"
 
@@ -31,14 +31,14 @@ rule similarity:
         code=code("stages/similarity", "similarity"),
     output:
         "results/similarity/{a}.vs.{b}.npz",
-    params:
-        repro=REPRO,  # the kernels a job may use change its numbers
-    threads: 1
     log:
         "results/logs/similarity/{a}.vs.{b}.log",
     benchmark:
         "results/benchmarks/similarity/{a}.vs.{b}.tsv"
     conda:
         CONDA_ENV
+    threads: 1
+    params:
+        repro=REPRO,  # the kernels a job may use change its numbers
     script:
         "../scripts/similarity.py"

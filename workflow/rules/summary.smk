@@ -7,14 +7,14 @@ rule fingerprint:
         code=code("stages/summary", "fingerprint", "repro"),
     output:
         "results/fingerprint.json",
-    params:
-        files=FINGERPRINT_FILES,
     log:
         "results/logs/fingerprint.log",
     benchmark:
         "results/benchmarks/fingerprint.tsv"
     conda:
         CONDA_ENV
+    params:
+        files=FINGERPRINT_FILES,
     script:
         "../scripts/fingerprint.py"
 
@@ -22,22 +22,27 @@ rule fingerprint:
 rule track:
     input:
         metrics=metric_files(),
+        # each record's job: its duration and peak memory (the runs' times and job.* metrics)
+        benchmarks=tracking.benchmark_files(metric_files()),
+        splits="results/data/splits.json",  # the datasets each run logs
         fingerprint="results/fingerprint.json",
         code=code("stages/summary", "tracking"),
     output:
         "results/mlflow/ingested.json",
-    params:
-        uri=tracking_uri(),
-        experiment=config["name"],
-        params_hash=params_hash(),
-        attempts=config["tracking"]["attempts"],
-        retry_wait_s=config["tracking"]["retry_wait_s"],
     log:
         "results/logs/track.log",
     benchmark:
         "results/benchmarks/track.tsv"
     conda:
         CONDA_ENV
+    params:
+        uri=tracking_uri(),
+        experiment=config["name"],
+        params_hash=params_hash(),
+        attempts=config["tracking"]["attempts"],
+        retry_wait_s=config["tracking"]["retry_wait_s"],
+        test_images=config["finetune"]["test_images"],
+        probe_images=config["features"]["probe_images"],
     script:
         "../scripts/track.py"
 
@@ -55,14 +60,14 @@ rule summarise:
             labels={"table": "every fine-tuned network"},
         ),
         metrics="results/metrics.json",
-    params:
-        uri=tracking_uri(),
-        experiment=config["name"],
     log:
         "results/logs/summarise.log",
     benchmark:
         "results/benchmarks/summarise.tsv"
     conda:
         CONDA_ENV
+    params:
+        uri=tracking_uri(),
+        experiment=config["name"],
     script:
         "../scripts/summarise.py"

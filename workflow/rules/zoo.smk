@@ -3,6 +3,12 @@ rule split_data:
         code=code("stages/data", "data"),
     output:
         "results/data/splits.json",
+    log:
+        "results/logs/split_data.log",
+    benchmark:
+        "results/benchmarks/split_data.tsv"
+    conda:
+        CONDA_ENV
     params:
         repro=REPRO,  # the kernels a job may use change its numbers
         data=config["data"],
@@ -11,12 +17,6 @@ rule split_data:
         val_fraction=config["zoo_training"]["val_fraction"],
         target=config["target"],
         seed=config["seed"],
-    log:
-        "results/logs/split_data.log",
-    benchmark:
-        "results/benchmarks/split_data.tsv"
-    conda:
-        CONDA_ENV
     script:
         "../scripts/split_data.py"
 
@@ -29,19 +29,19 @@ rule pretrain_zoo:
         ckpt="results/zoo/{model}.safetensors",
         meta="results/zoo/{model}.json",
         metrics="results/zoo/{model}.metrics.json",
-    params:
-        repro=REPRO,  # the kernels a job may use change its numbers
-        spec=lambda w: ZOO[w.model],
-        train=config["zoo_training"],
-        seed=config["seed"],
-    threads: 1
-    resources:
-        mem_mb=4000,
     log:
         "results/logs/pretrain_zoo/{model}.log",
     benchmark:
         "results/benchmarks/pretrain_zoo/{model}.tsv"
     conda:
         CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        repro=REPRO,  # the kernels a job may use change its numbers
+        spec=lambda w: ZOO[w.model],
+        train=config["zoo_training"],
+        seed=config["seed"],
     script:
         "../scripts/pretrain_zoo.py"

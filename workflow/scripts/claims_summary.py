@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from dery.stages import logged
-from dery.stages.claims import summarise_claims
+from dery.stages.claims_summary import summarise_claims
 
 with logged(snakemake.log[0]):
     p, i, o = snakemake.params, snakemake.input, snakemake.output
