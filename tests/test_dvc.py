@@ -238,3 +238,14 @@ def test_params_and_metrics_diff_between_two_commits_of_params(alice):
     assert best["old"] != best["new"], "the best assembly's accuracy changed with the learning rate"
     text = sh(alice, str(BIN / "dvc"), "metrics", "diff", "HEAD~1", "HEAD").stdout
     assert "best.tiny" in text
+
+
+def test_the_committed_dvc_lock_records_the_committed_tables_and_params():
+    """dvc.lock is committed with the results, so `dvc metrics diff` / `dvc params diff` between commits compare
+    what made the committed tables."""
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]["reproduce"]
+    outs = {o["path"]: o["md5"] for kind in ("outs",) for o in lock[kind]}
+    for rel in ("results/metrics.json", "results/summary.md", "results/summary.csv", "results/fingerprint.json"):
+        assert outs[rel] == md5(ROOT / rel), f"{rel} differs from the dvc.lock committed with it"
+    assert lock["params"]["params.yaml"] == {"params_file": "params/default.yaml"}
+    assert lock["params"]["params/default.yaml"] == yaml.safe_load((ROOT / "params" / "default.yaml").read_text())
