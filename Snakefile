@@ -36,6 +36,7 @@ include: "workflow/rules/summary.smk"
 include: "workflow/rules/registry.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/claims.smk"
+include: "workflow/rules/bench.smk"
 
 
 rule all:

@@ -26,7 +26,7 @@ import yaml
 
 from .common import ROOT, Result, Row, fmt_s, yes
 
-PROJECT_ITEMS = ("Snakefile", "workflow", "params", "dery")   # as tests/conftest.py: what a run needs
+PROJECT_ITEMS = ("Snakefile", "workflow", "profiles", "params", "dery")   # as tests/conftest.py: what a run needs
 DEFAULT_TARGET_S, SMOKE_TARGET_S, RERUN_TARGET = 20 * 60, 3 * 60, 0.25
 _STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
 _RULE = re.compile(r"^(?:local)?(?:rule|checkpoint) (\S+):$")

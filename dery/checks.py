@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -292,17 +293,27 @@ def check(config: dict, schema_path: str | os.PathLike, workdir: str | os.PathLi
                           + "\n- ".join(problems))
 
 
-def clear_stale_lock(workdir: str | os.PathLike = ".") -> bool:
-    """Remove Snakemake's lock when no process works in this directory any more (a killed run).
+LOCK_HOST = "dery-lock-host"  # in .snakemake/: the host whose run holds (or last held) the locks
 
-    Snakemake leaves ``.snakemake/locks`` behind after SIGKILL and then refuses to start until
-    ``--unlock``; we unlock only when no other snakemake process has this working directory.
+
+def clear_stale_lock(workdir: str | os.PathLike = ".") -> bool:
+    """Remove Snakemake's lock when it was left by a killed run of this host and no process works here any more.
+
+    Snakemake leaves ``.snakemake/locks`` behind after SIGKILL and then refuses to start until ``--unlock``. We
+    unlock only when the run that took the lock was on this host (``.snakemake/dery-lock-host``, written by
+    ``claim_lock_host``) and no snakemake process of this host has this working directory: on a shared filesystem
+    a run of another host is invisible to ``psutil``, so its lock is never ours to remove (Snakemake then says
+    to run ``snakemake --unlock`` once that run is known to be dead). Call it from the main Snakemake process
+    only: jobs re-parse the Snakefile while their own run holds the lock.
     """
     import psutil
 
     workdir = Path(workdir).resolve()
     locks = workdir / ".snakemake" / "locks"
     if not locks.is_dir() or not any(locks.iterdir()):
+        return False
+    host = workdir / ".snakemake" / LOCK_HOST
+    if not host.exists() or host.read_text().strip() != socket.gethostname():
         return False
     me = os.getpid()
     for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
@@ -315,3 +326,14 @@ def clear_stale_lock(workdir: str | os.PathLike = ".") -> bool:
     for f in locks.iterdir():
         f.unlink(missing_ok=True)
     return True
+
+
+def claim_lock_host(workdir: str | os.PathLike = ".") -> None:
+    """Record this host as the one whose run takes the lock, unless another run holds it now (then Snakemake
+    refuses to start and the record must keep naming that run's host)."""
+    meta = Path(workdir) / ".snakemake"
+    locks = meta / "locks"
+    if locks.is_dir() and any(locks.iterdir()):
+        return
+    meta.mkdir(exist_ok=True)
+    (meta / LOCK_HOST).write_text(socket.gethostname() + "\n")

@@ -5,7 +5,9 @@ in ``PROXIES``. ``batches`` is a list of image tensors from the target TRAIN spl
 the matching list of class tensors (label-free proxies ignore them; nothing here ever sees
 test labels). ``FEATURE_PROXIES`` only need the network's final features (the pooled input
 of the classifier head, eval mode), so the proxy stage computes those once per candidate and
-calls the ``*_score(features, labels)`` functions directly.
+calls the ``*_score(features, labels)`` functions directly. ``PROXIES`` is exactly the pipeline's set (the
+committed results record and hash its scores); the benchmark's additions below are registered beside it, in
+``EXTRA_PROXIES`` / ``EXTRA_FEATURE_SCORES``, and everything together in ``ALL_PROXIES`` / ``ALL_FEATURE_SCORES``.
 
 - ``naswot`` (Mellor et al., ICML 2021), the paper's choice. For a batch of B images, every
   activation module's *input* is binarised (x > 0 is the code of the unit);
@@ -38,6 +40,39 @@ calls the ``*_score(features, labels)`` functions directly.
   Linear layers. We report its log (monotone, so rankings and Kendall τ are the reference's; the sum grows
   exponentially with depth) and run in eval mode (dropout and drop-path off, so the score is deterministic;
   the reference's networks have neither).
+- ``sfda``, ``ncti``: the feature scores of ``dery.transferability`` (SFDA, Shao et al., ECCV 2022: Fisher
+  space with the reference's shrinkage, then the ConfMix self-challenge; NCTI, Wang et al., ICCV 2023: PCA-64 +
+  shrunk LDA, its ETF / nearest-centre / variability-collapse terms); every constant is in those docstrings. One
+  candidate's NCTI is the raw etf + ncc - vc: the reference min-max scales each term over the compared models,
+  which ``transferability.ncti_combine`` does for a set.
+- ``meco`` (Jiang et al., NeurIPS 2023), as the reference's ``meco`` (``HamsterMimi/MeCo``, ``NAS_Bench_201.py``):
+  the correlation matrices of ONE training image's maps (the first of the first batch, ``data_output[0]`` as the
+  reference's hook), in train mode as the freshly built reference networks. A forward hook on every module
+  (``named_modules``: containers and the root too, so a container counts its last child's map again) takes the
+  image's output [R, ...] as R rows (dim 1 after the batch: the channels of an NCHW map, the tokens of an
+  [N, L, C] sequence, the image rows of a channels-last NHWC map), their correlation matrix (a constant row
+  correlates 0: the reference's NaN -> 0) and its smallest eigenvalue; the score sums them. Deviations: the whole
+  first batch goes through the network, so train-mode BatchNorm uses its statistics (the reference forwards the
+  one image alone, which a train-mode BatchNorm refuses once a map is 1x1, as 32-px inputs make the zoo's late
+  CNN stages; given a batch of one image this is the reference); float64 ``eigvalsh`` for float32 ``eig``; a
+  matrix of rank < R (fewer than R + 1 positions: a Linear's [K] output, a 1x1 map) scores its exact 0 without
+  an eigensolver (the reference gets round-off, ~1e-7); outputs that are not tensors are skipped and a
+  non-finite map fails the proxy. Not ``meco_opt`` (8 random channels x C/8).
+- ``zico`` (Li et al., ICLR 2023), as the reference (``SLDGroup/ZiCo``, ``compute_zico.py``): train mode, one
+  cross-entropy backward per batch, every given batch (the reference's search takes 2; a single batch is split in
+  two halves, as the MeCo repo's ZiCo, since the statistics are over batches), the weight gradients of every
+  Conv2d and Linear; per layer log Σ_θ mean_b|g| / std_b(g) over the entries whose std (population, ddof 0) is
+  not 0, a layer whose sum is 0 skipped; the score sums the layers. Gradients by ``autograd.grad``, so the
+  model's ``.grad`` and ``requires_grad`` flags stay as they were; statistics in float64 (the reference: float32);
+  a layer the loss does not reach is skipped (the reference would fail).
+- ``params`` and ``macs``, the naive baselines (bigger predicts better, as in the zero-cost-proxy literature):
+  the number of trainable (``requires_grad``) parameters, and multiply-accumulates of one eval-mode forward of
+  one image at the batch's size (``FlopCounterMode`` FLOPs / 2: matmuls, convolutions, attention; norms and
+  activations free).
+- ``low_fidelity`` (not a ``fn(model, batches, labels)`` proxy, so in no registry): validation accuracy of a deep
+  copy after ``steps`` AdamW steps (torch defaults but ``lr``: betas 0.9/0.999, eps 1e-8, weight decay 0.01) of
+  full fine-tuning with cross-entropy on the logits, the train batches cycled, under ``seed`` (bitwise repeatable
+  on CPU; on CUDA as far as the caller's cuDNN settings make it).
 """
 from __future__ import annotations
 
@@ -49,6 +84,28 @@ import types
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+# the feature scores live in dery.transferability; dery.proxy stays their import path (re-exported)
+from .transferability import (  # noqa: F401
+    _labels,
+    _need_labels,
+    _one_hot,
+    _stratified_folds,
+    _svd,
+    dominant_eigenvalue,
+    final_features,
+    kta_score,
+    linear_probe_score,
+    logme_evidence,
+    logme_fit,
+    logme_score,
+    ncti_combine,
+    ncti_score,
+    ncti_terms,
+    sfda_score,
+    sfda_shrinkage,
+)
 
 ACTIVATIONS = ("ReLU", "ReLU6", "LeakyReLU", "GELU", "GELUTanh", "QuickGELU", "SiLU", "Swish", "Hardswish",
                "HardSwish", "HardSwishMe", "Mish", "ELU", "SELU", "PReLU", "CELU")
@@ -106,154 +163,6 @@ def naswot(model: nn.Module, batches: list[torch.Tensor], labels: list[torch.Ten
     return score
 
 
-# ------------------------------------------------------------------------- final features
-
-@torch.no_grad()
-def final_features(model: nn.Module, batches: list[torch.Tensor]) -> np.ndarray:
-    """Pooled input of the classifier head, eval mode, float64 [N, D].
-
-    For a ``stitching.Assembly`` (``forward_features`` and ``head.port``) the head's own pooling
-    is used; any other module contributes its flattened output.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        outs = []
-        for x in batches:
-            if hasattr(model, "forward_features") and hasattr(getattr(model, "head", None), "port"):
-                from .features import pool
-
-                outs.append(pool(model.forward_features(x), model.head.port.fmt))
-            else:
-                outs.append(model(x).reshape(len(x), -1))
-    finally:
-        model.train(was_training)
-    return torch.cat(outs).double().numpy()
-
-
-def _labels(labels) -> np.ndarray:
-    if isinstance(labels, (list, tuple)):
-        labels = torch.cat([torch.as_tensor(t) for t in labels]) if labels else torch.zeros(0)
-    return np.asarray(labels, dtype=np.int64).reshape(-1)
-
-
-def _one_hot(y: np.ndarray) -> np.ndarray:
-    classes = np.unique(y)
-    return (y[:, None] == classes[None, :]).astype(np.float64)
-
-
-def _need_labels(name: str, labels) -> np.ndarray:
-    if labels is None:
-        raise ValueError(f"the `{name}` proxy is label-aware: pass the proxy images' target-train labels")
-    return _labels(labels)
-
-
-# ------------------------------------------------------------------------------------ KTA
-
-def kta_score(features: np.ndarray, labels) -> float:
-    """Centred alignment <HKH, HLH>_F / (||HKH||_F ||HLH||_F), K = FFᵀ, L = YYᵀ (feature-space form)."""
-    y = _labels(labels)
-    f = np.asarray(features, dtype=np.float64)
-    f = f - f.mean(0, keepdims=True)
-    t = _one_hot(y)
-    t = t - t.mean(0, keepdims=True)
-    cross = np.linalg.norm(f.T @ t) ** 2
-    denom = np.linalg.norm(f.T @ f) * np.linalg.norm(t.T @ t)
-    return float(cross / denom) if denom > 0 else 0.0
-
-
-# ---------------------------------------------------------------------------------- LogME
-
-def logme_evidence(sigma: np.ndarray, x: np.ndarray, y_sq: float, n: int, d: int, alpha: float, beta: float) -> float:
-    """Log evidence of y ~ N(0, FFᵀ/alpha + I/beta) from the SVD of F (sigma = squared singular
-    values, x = Uᵀy, y_sq = ||y||²): the closed form at the posterior mean m."""
-    t = alpha / beta
-    m2 = float(np.sum(sigma * x**2 / (t + sigma) ** 2))
-    res2 = float(np.sum(x**2 / (1 + sigma / t) ** 2) + (y_sq - np.sum(x**2)))
-    logdet = float(np.sum(np.log(alpha + beta * sigma)) + (d - len(sigma)) * math.log(alpha))
-    return (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - logdet / 2 - beta / 2 * res2 - alpha / 2 * m2
-            - n / 2 * math.log(2 * math.pi))
-
-
-def _svd(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Left singular vectors and squared singular values of F, numerically zero ones dropped."""
-    u, s, _ = np.linalg.svd(f, full_matrices=False)
-    keep = s > s.max() * 1e-10 if s.size and s.max() > 0 else np.zeros_like(s, dtype=bool)
-    return u[:, keep], s[keep] ** 2
-
-
-def logme_fit(f: np.ndarray, y: np.ndarray, iters: int = 100, tol: float = 1e-6,
-              svd: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float, float]:
-    """Maximise the evidence of one target column y over (alpha, beta); returns (evidence, alpha, beta)."""
-    n, d = f.shape
-    u, sigma = svd if svd is not None else _svd(f)
-    x = u.T @ y
-    y_sq = float(y @ y)
-    alpha, beta = 1.0, 1.0
-    for _ in range(iters):
-        t = alpha / beta
-        gamma = float(np.sum(sigma / (sigma + t)))
-        m2 = float(np.sum(sigma * x**2 / (t + sigma) ** 2))
-        res2 = float(np.sum(x**2 / (1 + sigma / t) ** 2) + (y_sq - np.sum(x**2)))
-        alpha = max(gamma / max(m2, 1e-12), 1e-12)
-        beta = max((n - gamma) / max(res2, 1e-12), 1e-12)
-        if abs(alpha / beta - t) / t < tol:
-            break
-    return logme_evidence(sigma, x, y_sq, n, d, alpha, beta), alpha, beta
-
-
-def logme_score(features: np.ndarray, labels) -> float:
-    """Mean over classes of the maximum evidence per sample (higher = features explain the labels)."""
-    y = _labels(labels)
-    f = np.asarray(features, dtype=np.float64)
-    n = len(f)
-    t = _one_hot(y)
-    svd = _svd(f)
-    return float(np.mean([logme_fit(f, t[:, c], svd=svd)[0] / n for c in range(t.shape[1])]))
-
-
-# ---------------------------------------------------------------------------- linear probe
-
-def _stratified_folds(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    folds = [[] for _ in range(k)]
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        for i, j in enumerate(idx):
-            folds[i % k].append(j)
-    return [np.sort(np.asarray(f, dtype=np.int64)) for f in folds]
-
-
-def linear_probe_score(features: np.ndarray, labels, folds: int = 2, iters: int = 50, l2: float = 1e-3,
-                       seed: int = 0) -> float:
-    """Held-out accuracy of softmax regression on standardised features, averaged over folds."""
-    y = _labels(labels)
-    f = np.asarray(features, dtype=np.float64)
-    classes, y_idx = np.unique(y, return_inverse=True)
-    accs = []
-    for _k, test in enumerate(_stratified_folds(y_idx, folds, seed)):
-        train = np.setdiff1d(np.arange(len(y)), test)
-        mu, sd = f[train].mean(0), f[train].std(0) + 1e-8
-        xtr = torch.as_tensor((f[train] - mu) / sd)
-        xte = torch.as_tensor((f[test] - mu) / sd)
-        ytr = torch.as_tensor(y_idx[train])
-        w = torch.zeros(f.shape[1], len(classes), dtype=torch.float64, requires_grad=True)
-        b = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, history_size=10, line_search_fn="strong_wolfe")
-
-        def closure(opt=opt, xtr=xtr, w=w, b=b, ytr=ytr):   # bound now: opt.step calls it in this fold
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(xtr @ w + b, ytr) + l2 / 2 * w.square().sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            pred = (xte @ w + b).argmax(1).numpy()
-        accs.append(float(np.mean(pred == y_idx[test])))
-    return float(np.mean(accs))
-
-
 # ----------------------------------------------------------------- model-level wrappers
 
 def kta(model: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tensor] | None = None) -> float:
@@ -266,6 +175,14 @@ def logme(model: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tens
 
 def linear_probe(model: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tensor] | None = None) -> float:
     return linear_probe_score(final_features(model, batches), _need_labels("linear_probe", labels))
+
+
+def sfda(model: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tensor] | None = None) -> float:
+    return sfda_score(final_features(model, batches), _need_labels("sfda", labels))
+
+
+def ncti(model: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tensor] | None = None) -> float:
+    return ncti_score(final_features(model, batches), _need_labels("ncti", labels))
 
 
 # -------------------------------------------------------------------------------- JacobCov
@@ -317,8 +234,148 @@ def synflow(model: nn.Module, batches: list[torch.Tensor], labels: list[torch.Te
     return math.log(total) if total > 0 else float("-inf")
 
 
+# ------------------------------------------------------------------------------------ MeCo
+
+def min_correlation_eigenvalue(rows: torch.Tensor) -> float:
+    """Smallest eigenvalue of the correlation matrix of the rows of [R, P] (a constant row correlates 0)."""
+    f = rows.detach().double().reshape(rows.shape[0], -1)
+    if not torch.isfinite(f).all():
+        raise FloatingPointError("MeCo: a feature map is not finite")
+    f = f - f.mean(1, keepdim=True)
+    norms = f.norm(dim=1)
+    r, p = f.shape
+    if p - 1 < r or bool((norms == 0).any()):
+        return 0.0  # rank ≤ min(R, P - 1) after centring, or a zero row: a singular PSD matrix, λ_min = 0 exactly
+    f = f / norms[:, None]
+    return float(torch.linalg.eigvalsh(f @ f.T)[0])
+
+
+def meco(model: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tensor] | None = None) -> float:
+    values: list[float] = []
+
+    def hook(mod, inp, out):
+        if isinstance(out, torch.Tensor) and out.dim() >= 2:
+            values.append(min_correlation_eigenvalue(out[0].reshape(out.shape[1], -1)))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with _train_mode_untouched(model), torch.no_grad():
+            model(batches[0])  # the hook reads image 0; the rest only feed BatchNorm's statistics
+    finally:
+        for h in handles:
+            h.remove()
+    return float(sum(values))
+
+
+# ------------------------------------------------------------------------------------ ZiCo
+
+@contextlib.contextmanager
+def _requiring_grad(tensors: list[torch.Tensor]):
+    flags = [t.requires_grad for t in tensors]
+    try:
+        for t in tensors:
+            t.requires_grad_(True)
+        yield
+    finally:
+        for t, f in zip(tensors, flags, strict=True):
+            t.requires_grad_(f)
+
+
+def zico_from_gradients(grads: torch.Tensor) -> float:
+    """log Σ mean_b|g| / std_b(g) over the entries of [B, P] with std ≠ 0 (ddof 0); nan when that sum is 0."""
+    g = grads.double()
+    std = g.std(0, unbiased=False)
+    nz = std != 0
+    s = float((g.abs().mean(0)[nz] / std[nz]).sum())
+    return math.log(s) if s > 0 else float("nan")
+
+
+def zico(model: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tensor] | None = None) -> float:
+    if labels is None:
+        raise ValueError("the `zico` proxy is label-aware: pass the proxy images' target-train labels")
+    pairs = [(x, torch.as_tensor(y).long()) for x, y in zip(batches, labels, strict=True)]
+    if len(pairs) == 1:  # ZiCo's statistics are over batches: split a single batch as the MeCo repo's ZiCo does
+        (x, y), h = pairs[0], len(pairs[0][0]) // 2
+        if h == 0:
+            raise ValueError("ZiCo needs two batches, or one of at least two images")
+        pairs = [(x[:h], y[:h]), (x[h:], y[h:])]
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not layers:
+        raise ValueError("ZiCo scores the gradients of Conv2d and Linear weights and this network has none")
+    weights = [m.weight for m in layers]
+    grads: list[list[torch.Tensor]] = [[] for _ in layers]
+    with _train_mode_untouched(model), _requiring_grad(weights):
+        for x, y in pairs:
+            loss = nn.functional.cross_entropy(model(x), y)
+            for i, g in enumerate(torch.autograd.grad(loss, weights, allow_unused=True)):
+                if g is not None:
+                    grads[i].append(g.detach().reshape(-1))
+    per_layer = [zico_from_gradients(torch.stack(g)) for g in grads if len(g) == len(pairs)]
+    return float(sum(v for v in per_layer if not math.isnan(v)))
+
+
+# ---------------------------------------------------------------------- naive baselines
+
+def params(model: nn.Module, batches: list[torch.Tensor] | None = None, labels: list[torch.Tensor] | None = None
+           ) -> float:
+    return float(sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def macs(model: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tensor] | None = None) -> float:
+    was_training = model.training
+    model.eval()  # and no BatchNorm statistics update
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(batches[0][:1])
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 2
+
+
+# ---------------------------------------------------------------------------- low fidelity
+
+def low_fidelity(model: nn.Module, train_batches: list[torch.Tensor], train_labels: list[torch.Tensor],
+                 val_batches: list[torch.Tensor], val_labels: list[torch.Tensor], steps: int, lr: float,
+                 seed: int) -> float:
+    """Validation accuracy (fraction) of a copy of ``model`` after ``steps`` AdamW steps on the cycled train batches."""
+    if steps < 0 or (steps and not train_batches):
+        raise ValueError("low_fidelity needs steps >= 0 and, to take a step, train batches")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = copy.deepcopy(model).train()
+        for p in net.parameters():
+            p.requires_grad_(True)  # full fine-tuning, whatever the original froze
+            p.grad = None  # a deep copy carries the model's own gradients
+        opt = torch.optim.AdamW(net.parameters(), lr=lr)
+        for step in range(steps):
+            i = step % len(train_batches)
+            loss = nn.functional.cross_entropy(net(train_batches[i]), torch.as_tensor(train_labels[i]).long())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        net.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for x, y in zip(val_batches, val_labels, strict=True):
+                y = torch.as_tensor(y).long()
+                correct += int((net(x).argmax(1) == y).sum())
+                total += len(y)
+    if total == 0:
+        raise ValueError("low_fidelity needs validation images")
+    return correct / total
+
+
 PROXIES = {"naswot": naswot, "kta": kta, "logme": logme, "linear_probe": linear_probe, "jacov": jacov,
            "synflow": synflow}
 FEATURE_SCORES = {"kta": kta_score, "logme": logme_score, "linear_probe": linear_probe_score}
 FEATURE_PROXIES = frozenset(FEATURE_SCORES)  # scored from the final features on the feature images
 LABEL_AWARE = frozenset({"kta", "logme", "linear_probe"})
+
+# the proxies added for the stitched-network benchmark, kept out of the registries above: the committed
+# pipeline results record (and hash) the scores of exactly PROXIES
+EXTRA_PROXIES = {"meco": meco, "zico": zico, "params": params, "macs": macs}
+EXTRA_FEATURE_SCORES = {"sfda": sfda_score, "ncti": ncti_score}
+ALL_PROXIES = {**PROXIES, **EXTRA_PROXIES, "sfda": sfda, "ncti": ncti}
+ALL_FEATURE_SCORES = {**FEATURE_SCORES, **EXTRA_FEATURE_SCORES}
+ALL_FEATURE_PROXIES = frozenset(ALL_FEATURE_SCORES)
+ALL_LABEL_AWARE = LABEL_AWARE | {"sfda", "ncti", "zico"}

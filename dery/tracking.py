@@ -127,6 +127,21 @@ JOBS = (
      "results/benchmarks/finetune/{w}.tsv"),
     (r"results/finetune/(?P<w>[^/]+/rank[0-9]+_[^/]+)\.metrics\.json", "finetune.smk", "finetune_assembly",
      "results/benchmarks/finetune/{w}.tsv"),
+    # the claims and bench targets log their own fine-tuning runs (dery.stages.claims_summary, dery.stages.bench)
+    (r"results/claims/finetune/(?P<w>zoo/[^/]+_seed[0-9]+)\.metrics\.json", "claims.smk", "claims_zoo",
+     "results/benchmarks/claims/finetune/{w}.tsv"),
+    (r"results/claims/finetune/(?P<w>scratch/[^/]+/seed[0-9]+)\.metrics\.json", "claims.smk", "claims_scratch",
+     "results/benchmarks/claims/finetune/{w}.tsv"),
+    (r"results/claims/finetune/(?P<w>[^/]+/[^/]+/slot[0-9]+_[^/]+_seed[0-9]+)\.metrics\.json", "claims.smk",
+     "claims_finetune", "results/benchmarks/claims/finetune/{w}.tsv"),
+    (r"results/claims\.metrics\.json", "claims.smk", "claims", "results/benchmarks/claims/summary.tsv"),
+    (r"results/bench\.metrics\.json", "bench.smk", "bench", "results/benchmarks/bench/summary.tsv"),
+    (r"results/bench/finetune/(?P<w>zoo/[^/]+_seed[0-9]+)\.metrics\.json", "bench.smk", "bench_zoo",
+     "results/benchmarks/bench/finetune/{w}.tsv"),
+    (r"results/bench/finetune/(?P<w>[^/]+/scratch_slot[0-9]+_seed[0-9]+)\.metrics\.json", "bench.smk",
+     "bench_scratch", "results/benchmarks/bench/finetune/{w}.tsv"),
+    (r"results/bench/finetune/(?P<w>[^/]+/slot[0-9]+_[^/]+)\.metrics\.json", "bench.smk", "bench_finetune",
+     "results/benchmarks/bench/finetune/{w}.tsv"),
 )
 # Snakemake's benchmark columns (snakemake.benchmark.BenchmarkRecord; sizes in MB) -> metric, how repeats combine
 BENCHMARK_METRICS = {"s": ("job.seconds", sum), "cpu_time": ("job.cpu_seconds", sum),
@@ -304,7 +319,7 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
 
 def ingest(records: list[dict[str, Any]], tracking_uri: str, experiment: str,
            common_tags: dict[str, str] | None = None, attempts: int = 6, wait_s: float = 2.0,
-           jobs: dict[str, Job] | None = None) -> dict[str, int]:
+           jobs: dict[str, Job] | None = None, artifacts: dict[str, list[str]] | None = None) -> dict[str, int]:
     """Log each record as one run unless the latest finished run with its key holds the same content.
 
     Comparing with the *latest* run (not any earlier one) matters when a result goes A -> B -> A:
@@ -312,7 +327,9 @@ def ingest(records: list[dict[str, Any]], tracking_uri: str, experiment: str,
     logging (tag ``dery.ingested``), not the runs' start times, which are those of their jobs.
 
     ``jobs`` (by record key): the job behind each record, whose times, rule, benchmark figures and
-    datasets the run shows; a record without one is timed at the ingest.
+    datasets the run shows; a record without one is timed at the ingest. ``artifacts`` (by record key): files
+    logged with the run (a record that carries them should carry their hashes too, so a changed file is a changed
+    record and is logged again).
 
     A locked SQLite store or an unreachable server is retried (``attempts`` times, waits doubling from
     ``wait_s``); ingesting is idempotent, so a retry after a half-logged run only completes it (runs that
@@ -324,7 +341,7 @@ def ingest(records: list[dict[str, Any]], tracking_uri: str, experiment: str,
     for attempt in range(attempts):
         try:
             check_reachable(tracking_uri)
-            return _ingest_once(records, tracking_uri, experiment, common_tags, jobs or {})
+            return _ingest_once(records, tracking_uri, experiment, common_tags, jobs or {}, artifacts or {})
         except Exception as exc:  # noqa: BLE001 - MLflow wraps store errors in several exception types
             if not (isinstance(exc, StoreUnavailable) or _transient(exc)):
                 raise
@@ -340,7 +357,8 @@ def ingest(records: list[dict[str, Any]], tracking_uri: str, experiment: str,
 
 
 def _ingest_once(records: list[dict[str, Any]], tracking_uri: str, experiment: str,
-                 common_tags: dict[str, str] | None, jobs: dict[str, Job]) -> dict[str, int]:
+                 common_tags: dict[str, str] | None, jobs: dict[str, Job],
+                 artifacts: dict[str, list[str]]) -> dict[str, int]:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
@@ -372,6 +390,8 @@ def _ingest_once(records: list[dict[str, Any]], tracking_uri: str, experiment: s
         client.log_batch(rid, metrics=metrics, params=params, synchronous=True)
         if job.datasets:
             client.log_inputs(rid, datasets=[_dataset_input(d) for d in job.datasets])
+        for path in artifacts.get(rec["key"], []):
+            client.log_artifact(rid, path)
         client.set_terminated(rid, end_time=end)
         latest[rec["key"]] = (h, LOG_FORMAT)
         added += 1

@@ -67,6 +67,28 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return rt.all_sum(correct) / len(x)
 
 
+def decay_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
+    """AdamW's groups: weight decay on weights of two or more dimensions, none on biases and norm scales.
+
+    timm's ``create_optimizer_v2`` (``param_groups_weight_decay``) makes the same split and also spares what a
+    model lists in ``no_weight_decay()`` (ViT's position embedding and class token, Swin's relative position
+    tables): those are decayed here. tests/test_training.py pins the difference; adopting timm's groups changes
+    every committed number, so it waits for a change that regenerates them anyway.
+    """
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, warm: int, total: int) -> float:
+    """The learning rate at optimiser step ``step`` as a fraction of the peak: linear warm-up over ``warm`` steps
+    reaching the peak at the last of them, then cosine to 0 at ``total``. After the warm-up this is timm's
+    ``CosineLRScheduler`` (``warmup_prefix``, per-step); timm's warm-up starts at ``warmup_lr_init`` and reaches
+    the peak one step later (tested)."""
+    if step < warm:
+        return (step + 1) / max(1, warm)
+    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
 def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, *,
         epochs: int, batch_size: int, lr: float, weight_decay: float, label_smoothing: float, warmup_epochs: float,
         seed: int, frozen: list[nn.Module] | None = None, name: str = "model", progress: bool = False,
@@ -93,14 +115,10 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: t
     freezer = _Frozen(frozen or [])
     params = [p for p in model.parameters() if p.requires_grad]
     hist = History(trainable_params=sum(p.numel() for p in params), device=str(rt.device), processes=rt.world)
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    opt = torch.optim.AdamW(decay_groups(params, weight_decay), lr=lr)
     steps_per_epoch = math.ceil(len(train_x) / batch_size)
     total, warm = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / max(1, warm) if s < warm else
-                                              0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warm, total))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     best_state = None
     start = time.perf_counter()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_ITEMS = ("Snakefile", "workflow", "params", "dery")
+PROJECT_ITEMS = ("Snakefile", "workflow", "profiles", "params", "dery")
 
 
 def new_project(dest: Path) -> Path:

@@ -2,7 +2,6 @@
 import itertools
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from conftest import clone_project, project_env
 from scipy import stats
 
 from dery import claims as C
@@ -430,25 +429,24 @@ def test_the_report_renders_the_new_rows(tmp_path):
 
 
 def _snakemake(work: Path, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=work, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=work, capture_output=True, text=True,
+                          env=project_env(work))
     if proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
 
 
 @pytest.mark.slow
-def test_claims_target_on_the_smoke_params(tmp_path):
-    """Smoke zoo + claims at toy size (3 assemblies, 2 seeds, 1 random draw, 1 epoch): every section
-    has its numbers and a verdict, the claims runs are in MLflow and the main summary is untouched."""
-    for item in ("Snakefile", "workflow", "params", "dery"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
-    cfg = yaml.safe_load((tmp_path / "params" / "smoke.yaml").read_text())
-    cfg["claims"] = {"assemblies_per_budget": 3, "tau_seeds": 2, "seeds": 2, "random_draws": 1, "bootstrap": 200,
-                     "permutations": 200}
-    (tmp_path / "params" / "claims.yaml").write_text(yaml.safe_dump(cfg))
-    _snakemake(tmp_path, "claims", "--cores", "2", "--configfile", "params/claims.yaml")
-    res = tmp_path / "results"
+def test_claims_target_on_the_smoke_params(smoke_project, tmp_path):
+    """Claims at toy size (params/smoke.yaml's `claims`: 3 assemblies, 2 seeds, 1 random draw, 1 epoch) on top of a
+    finished smoke run: every section has its numbers and a verdict, the claims runs are in MLflow and nothing of
+    the main run is recomputed."""
+    work = clone_project(smoke_project, tmp_path / "p")
+    ran = _snakemake(work, "claims", "--cores", "2", "--configfile", "params/smoke.yaml")
+    jobs = {line.split("rule ")[1].rstrip(":").strip() for line in (ran.stdout + ran.stderr).splitlines()
+            if line.startswith("rule ")}
+    assert all(j.startswith("claims") for j in jobs), jobs
+    res = work / "results"
     md = (res / "claims.md").read_text()
     for section in ("## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## Summary"):
         assert section in md
@@ -471,7 +469,10 @@ def test_claims_target_on_the_smoke_params(tmp_path):
     df = runs("sqlite:///" + str(res / "mlflow.db"), "smoke")
     claims = df[df["tags.stage"] == "claims"]
     assert "claims" in set(claims["tags.dery.key"]) and len(claims) > 10
+    slots = claims[claims["tags.dery.key"].str.contains("/slot")]
+    assert set(slots["tags.mlflow.source.name"]) == {"workflow/rules/claims.smk:claims_finetune"}
+    assert slots["metrics.job.seconds"].notna().all()                                # the job's own benchmark
     assert not any(k.startswith("claims/") for k in df[df["tags.stage"] == "finetune"]["tags.dery.key"])
     # nothing of the main run is recomputed by the claims jobs
-    planned = _snakemake(tmp_path, "claims", "-n", "--cores", "1", "--configfile", "params/claims.yaml").stdout
+    planned = _snakemake(work, "claims", "-n", "--cores", "1", "--configfile", "params/smoke.yaml").stdout
     assert "Nothing to be done" in planned or "total" not in planned

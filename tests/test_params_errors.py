@@ -26,7 +26,7 @@ TIME_LIMIT_S = 120
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     work = tmp_path_factory.mktemp("bad-params")
-    for item in ("Snakefile", "workflow", "params", "dery"):
+    for item in ("Snakefile", "workflow", "profiles", "params", "dery"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
     (work / "results").mkdir()

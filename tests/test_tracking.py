@@ -280,13 +280,14 @@ def test_every_ingested_record_file_maps_to_its_rules_benchmark():
     from pathlib import Path
 
     rules = Path(__file__).resolve().parents[1] / "workflow" / "rules"
-    sample = {"model": "resnet18_A", "budget": "small", "rank": "3", "protocol": "FZ"}
+    sample = {"model": "resnet18_A", "budget": "small", "rank": "3", "protocol": "FZ", "seed": "1", "slot": "2",
+              "arm": "randcuts0", "stitch": "trained"}
 
     def fill(p: str) -> str:
         return re.sub(r"\{(\w+)\}", lambda m: sample[m.group(1)], p)
 
     seen = set()
-    for smk in ("zoo.smk", "partition.smk", "reassembly.smk", "finetune.smk"):
+    for smk in ("zoo.smk", "partition.smk", "reassembly.smk", "finetune.smk", "claims.smk", "bench.smk"):
         for block in re.split(r"^rule ", (rules / smk).read_text(), flags=re.MULTILINE)[1:]:
             name = block.split(":", 1)[0].strip()
             out = re.search(r'metrics="([^"]+\.metrics\.json)"', block)

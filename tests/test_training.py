@@ -1,7 +1,9 @@
 """Fine-tuning protocols: FZ leaves pretrained blocks untouched, FT trains them; both are seeded."""
+import pytest
 import torch
 from torch import nn
 
+from dery import training as TR
 from dery.training import accuracy, fit
 
 
@@ -132,3 +134,37 @@ def test_a_resume_file_with_a_pickled_payload_is_refused(tmp_path):
     bad.write_bytes(pickle.dumps({"model": Payload()}))
     with pytest.raises(RuntimeError, match="unreadable or unsafe"):
         load_state(bad)
+
+
+def test_the_schedule_is_timms_cosine_after_a_linear_warm_up_that_peaks_one_step_earlier():
+    from timm.scheduler import CosineLRScheduler
+
+    lr, warm, total = 1e-3, 5, 40
+    opt = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=lr)
+    timm_sched = CosineLRScheduler(opt, t_initial=total - warm, warmup_t=warm, warmup_lr_init=lr / warm,
+                                   warmup_prefix=True, t_in_epochs=False)
+    ours = [lr * TR.lr_factor(s, warm, total) for s in range(total)]
+    theirs = [timm_sched._get_lr(s)[0] for s in range(total)]
+    assert ours[warm:] == pytest.approx(theirs[warm:], rel=1e-12, abs=1e-18)  # the cosine: the same
+    assert ours[:warm] == pytest.approx([lr * (s + 1) / warm for s in range(warm)])  # ours peaks at step warm-1
+    assert theirs[warm - 1] < lr and ours[warm - 1] == pytest.approx(lr)            # timm's one step later
+    assert ours[-1] > 0 and TR.lr_factor(total, warm, total) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("arch", ["resnet10t", "vit_tiny_patch16_224"])
+def test_decay_groups_are_timms_except_the_models_no_weight_decay_list(arch):
+    import timm
+    from timm.optim import param_groups_weight_decay
+
+    model = timm.create_model(arch, num_classes=10, **({"img_size": 32, "patch_size": 8, "depth": 2}
+                                                         if arch.startswith("vit") else {}))
+    names = {id(p): n for n, p in model.named_parameters()}
+    ours = {names[id(p)] for p in TR.decay_groups(list(model.parameters()), 0.05)[1]["params"]}
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    groups = param_groups_weight_decay(model, 0.05, no_weight_decay_list=skip)
+    theirs = {names[id(p)] for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert ours <= theirs
+    if arch == "resnet10t":
+        assert ours == theirs
+    else:
+        assert theirs - ours == {"pos_embed", "cls_token"}

@@ -72,6 +72,21 @@ def test_every_run_carries_the_fingerprint_and_the_summary_prints_it(smoke):
     assert FP.short(fp) in (smoke / "results" / "summary.md").read_text()
 
 
+# The smoke run's fingerprint as measured on 2026-12-02 (AMD EPYC with AVX-512, and with the AVX2 kernels strict
+# mode caps every CPU to: the same value). A change that moves any number of the smoke run moves it: if that change
+# is meant, say so in its commit and update the value; if not, `dery fingerprint A.json B.json` names the stage.
+SMOKE_FINGERPRINT = "1074da0652c128de"
+
+
+def test_the_smoke_numbers_are_those_measured_before(smoke):
+    import json
+
+    from dery import fingerprint as FP
+
+    fp = json.loads((smoke / "results" / "fingerprint.json").read_text())
+    assert FP.short(fp) == SMOKE_FINGERPRINT, fp["stages"]
+
+
 def test_every_job_left_a_log_and_a_benchmark(smoke):
     logs = list((smoke / "results" / "logs").rglob("*.log"))
     bench = list((smoke / "results" / "benchmarks").rglob("*.tsv"))

@@ -306,7 +306,7 @@ def summarise_claims(manifest: dict, sim_files: list[str], feature_jsons: list[s
     summary_rec = T.record("claims", {"stage": "claims", "claim": "summary", **verdict_tags(doc)},
                            {"claims": cl, "proxy": cfg["proxy"]}, headline)
     write_json(out_metrics, summary_rec)
-    recs = [summary_rec]
+    recs, jobs = [summary_rec], {"claims": T.job_of(out_metrics)}
     for f in _all_files(manifest):
         r = _load(f)
         if r is None:
@@ -314,9 +314,11 @@ def summarise_claims(manifest: dict, sim_files: list[str], feature_jsons: list[s
         if not r["key"].startswith("claims/"):  # a main-run record reused for the base seed: re-key a copy
             r = {**r, "key": "claims/reused/" + r["key"], "tags": {**r["tags"], "stage": "claims", "claim": "reused"}}
         recs.append(r)
+        jobs[r["key"]] = T.job_of(f)  # the run shows its job's times, rule and benchmark figures
     try:
         stats_ = T.ingest(recs, tracking_uri, experiment, {"dery.params_hash": params_hash,
-                                                           "dery.git_commit": T.git_commit()})
+                                                           "dery.git_commit": T.git_commit(),
+                                                           T.GIT_COMMIT: T.git_commit(short=False)}, jobs=jobs)
         log.info("claims: MLflow %s (%.1fs)", stats_, time.perf_counter() - t0)
     except Exception as exc:  # the report stands without the tracking server
         log.warning("claims: MLflow ingestion failed: %s", exc)

@@ -1,10 +1,14 @@
 """Fine-tune assemblies (FZ/FT) and the baselines (zoo models, from scratch); test once.
 
 ``finetune.device`` / ``finetune.amp`` choose where and in which precision; with ``finetune.processes: N`` each
-stage relaunches itself under torchrun (N processes, DDP) and rank 0 writes the outputs.
+stage relaunches itself under torchrun (N processes, DDP) and rank 0 writes the outputs. With
+``stitching.train_steps`` > 0 an assembly's adapters are first trained alone to their blocks' native inputs
+(``dery.stitch_training``); their errors before and after go to the log, the metrics and the artifact's spec.
 """
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -12,6 +16,7 @@ import torch
 from .. import data as D
 from .. import distributed as DIST
 from .. import reassembly as R
+from .. import stitch_training as STT
 from .. import stitching as ST
 from .. import tracking as T
 from .. import training as TR
@@ -19,13 +24,19 @@ from .. import zoo as Z
 from ..atomic import write_json
 from ._io import NUM_CLASSES, _images, _infos, _json, spec_seed
 
+log = logging.getLogger("dery")
 
-def _train_eval(model, split: dict, cfg: dict, seed: int, frozen, name: str, resume: str):
-    """Train and test on ``finetune.device`` (every rank under torchrun); the model comes back on the CPU."""
+
+def _train_eval(model, split: dict, cfg: dict, seed: int, frozen, name: str, resume: str,
+                before_fit: Callable[[torch.Tensor, torch.Tensor, torch.device], None] | None = None):
+    """Train and test on ``finetune.device`` (every rank under torchrun); the model comes back on the CPU.
+    ``before_fit(train_images, val_images, device)`` runs first, on the images and device fine-tuning uses."""
     rt = DIST.setup(cfg.get("device", "auto"), cfg.get("amp", False))
     ds = D.load_fashion_mnist(split["data_dir"])
     tx, ty = _images(split, "target_train", ds)
     vx, vy = _images(split, "target_val", ds)
+    if before_fit is not None:
+        before_fit(tx, vx, rt.device)
     hist = TR.fit(model, tx, ty, vx, vy, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                   weight_decay=cfg["weight_decay"], label_smoothing=cfg["label_smoothing"],
                   warmup_epochs=cfg["warmup_epochs"], seed=seed, frozen=frozen, name=name, progress=rt.main,
@@ -67,17 +78,35 @@ def finetune_candidate(ranking_json: str, rank: int, protocol: str, splits: str,
     asm, notes = ST.build(c, infos, NUM_CLASSES, stem, init, spec_seed(seed, c["id"]))
     frozen = asm.pretrained_modules() if protocol == "FZ" else []
     split = _json(splits)
-    hist, acc = _train_eval(asm, split, cfg, seed, frozen, key, out_metrics + ".resume.pt")
+    # stitching.train_steps > 0 (the rules put it in cfg only then): fit the adapters to their blocks' native
+    # inputs before fine-tuning; absent, nothing below runs and fine-tuning is what it was before the option
+    at = cfg.get("adapter_training") or {}
+    adapters: list[dict] = []
+
+    def train_adapters(tx: torch.Tensor, vx: torch.Tensor, device: torch.device) -> None:
+        adapters.extend(STT.train_adapters(asm, c, infos, tx, at["steps"], at["lr"], at["batch_size"],
+                                           spec_seed(seed, c["id"] + "/adapters"), eval_images=vx, device=device))
+        for r in adapters:
+            log.info("adapter %d -> %s: MSE to the native input on target_val %.4g -> %.4g (R² %.3f -> %.3f), "
+                     "%d steps in %.1f s", r["adapter"], r["feeds"], r["mse_before"], r["mse_after"],
+                     r["r2_before"], r["r2_after"], r["steps"], r["seconds"])
+
+    hist, acc = _train_eval(asm, split, cfg, seed, frozen, key, out_metrics + ".resume.pt",
+                            before_fit=train_adapters if at.get("steps") else None)
     if not DIST.is_main():
         return
     _write_artifact(asm, out_spec, c, infos, ckpt_dir, split, cfg, seed, stem, init,
                     {"budget": budget, "budget_limits": doc["budget"], "rank": rank, "protocol": protocol,
                      "proxy": doc.get("proxy"), "test_acc": acc, "val_acc": hist.best_val,
-                     "best_epoch": hist.best_epoch, "trainable_params": hist.trainable_params})
+                     "best_epoch": hist.best_epoch, "trainable_params": hist.trainable_params,
+                     **({"adapter_training": adapters} if adapters else {})})
+    adapter_metrics = {f"adapter{r['adapter']}_{m}": r[m] for r in adapters
+                       for m in ("mse_before", "mse_after", "r2_before", "r2_after")}
     write_json(out_metrics, _finetune_record(key, {"kind": "assembly", "budget": budget, "protocol": protocol,
                                                      "name": f"rank{rank}:{c['id']}", "blocks": _blocks_text(c)},
                                                cfg, hist, acc, {"params": c["params"], "macs": c["macs"],
-                                                                "proxy_score": c["proxy_score"], "rank": rank}))
+                                                                "proxy_score": c["proxy_score"], "rank": rank,
+                                                                **adapter_metrics}))
 
 
 def _write_artifact(asm, out_spec: str, c: dict, infos: dict, ckpt_dir: str, split: dict, cfg: dict, seed: int,
@@ -131,10 +160,11 @@ def finetune_zoo(ckpt: str, splits: str, cfg: dict, seed: int, out_metrics: str)
 
 @DIST.torchrun
 def finetune_scratch(ranking_json: str, splits: str, ckpt_dir: str, feat_dir: str, zoo_specs: dict, cfg: dict,
-                     stem: str, seed: int, out_metrics: str) -> None:
-    """The best-ranked assembly's architecture, every weight freshly initialised, trained the same way (FT)."""
+                     stem: str, seed: int, out_metrics: str, index: int = 0) -> None:
+    """The architecture of the ranking's candidate ``index`` (the best-ranked by default), every weight freshly
+    initialised, trained the same way (FT)."""
     doc = _json(ranking_json)
-    c = doc["candidates"][0]
+    c = doc["candidates"][index]
     budget = doc["budget"]["name"]
     infos = _infos(sorted({b["model"] for b in c["blocks"]}), ckpt_dir, feat_dir, with_feats=False)
     torch.manual_seed(spec_seed(seed + 1, c["id"]))

@@ -48,14 +48,14 @@ def score_candidate(asm, names: list[str], probe, feats, seed: int, timings: dic
         try:
             with torch.random.fork_rng():
                 torch.manual_seed(seed)
-                if name in PX.FEATURE_SCORES:
+                if name in PX.ALL_FEATURE_SCORES:  # the bench scores every proxy, the pipeline those of PROXIES
                     if features is None:
                         features = PX.final_features(asm, feats[0])
                     fy = torch.cat(feats[1])
-                    fn = PX.FEATURE_SCORES[name]
+                    fn = PX.ALL_FEATURE_SCORES[name]
                     val = fn(features, fy, seed=seed) if name == "linear_probe" else fn(features, fy)
                 else:
-                    val = PX.PROXIES[name](asm, probe[0], probe[1])
+                    val = PX.ALL_PROXIES[name](asm, probe[0], probe[1])
             val = float(val)
             scores[name] = val if math.isfinite(val) else None
         except (FloatingPointError, ValueError, RuntimeError, np.linalg.LinAlgError) as exc:

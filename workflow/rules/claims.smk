@@ -14,7 +14,12 @@ rule claims_finetune:
         ckpts=expand("results/zoo/{model}.safetensors", model=MODELS),
         feats=expand("results/features/{model}.npz", model=MODELS),
         code=code(
-            "stages/claims", "stages/finetune", "training", "distributed", "stitching"
+            "stages/claims",
+            "stages/finetune",
+            "training",
+            "distributed",
+            "stitching",
+            "stitch_training",
         ),
     output:
         metrics="results/claims/finetune/{arm}/{budget}/slot{slot}_{protocol}_seed{seed}.metrics.json",
@@ -34,7 +39,7 @@ rule claims_finetune:
         mem_mb=3000,
     params:
         repro=REPRO,  # the kernels a job may use change its numbers
-        cfg=finetune_cfg(),
+        cfg=finetune_cfg() | adapter_training_cfg(),  # helper: finetune.smk
         n_slots=CLAIMS["assemblies_per_budget"],
         stem=config["reassembly"]["stem"],
         init=config["stitching"]["init"],
@@ -234,7 +239,7 @@ rule claims:
         metas=expand("results/features/{model}.json", model=MODELS),
         sets="results/partition/equivalence_sets.json",
         rankings=expand("results/proxy/{budget}/ranking.json", budget=BUDGETS),
-        ingested="results/mlflow/ingested.json",
+        ingested=INGESTED,
         code=code("stages/claims_summary", "stages/claims_report", "claims", "tracking"),
     output:
         md="results/claims.md",

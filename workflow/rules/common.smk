@@ -9,7 +9,7 @@ import sys
 from snakemake.utils import validate
 
 from dery import integrity, params_file, repro, tracking
-from dery.checks import ParamsError, check, clear_stale_lock
+from dery.checks import ParamsError, check, claim_lock_host, clear_stale_lock
 
 # Problems in the params file stop here, before any job, as one paragraph without a traceback. Snakemake has
 # loaded the files already (keeping the last of two equal keys, expanding YAML aliases); read them again with
@@ -43,11 +43,14 @@ validate(config, schema="../schemas/params.schema.yaml")
 integrity.remember_params_file(_given)
 REPRO = repro.settings(config)
 repro.apply(config)
-if clear_stale_lock():
-    print(
-        "dery: removed the lock of a killed Snakemake run in this directory",
-        file=sys.stderr,
-    )
+# Once, in the main process: jobs re-parse this file while their own run holds the lock.
+if workflow.is_main_process:
+    if clear_stale_lock():
+        print(
+            "dery: removed the lock of a killed Snakemake run of this host in this directory",
+            file=sys.stderr,
+        )
+    claim_lock_host()
 
 ROOT = Path(workflow.basedir)
 MODELS = [m["id"] for m in config["zoo"]]
@@ -142,4 +145,20 @@ def finetune_cfg():
         k: v
         for k, v in config["finetune"].items()
         if k not in ("top_k", "protocols", "zoo_baselines", "scratch_baseline")
+    }
+
+
+def adapter_training_cfg():
+    """stitching.train_* for the stages that fine-tune assemblies, inside their cfg (the scripts hand cfg to the
+    stage). Off (train_steps 0) it adds nothing: the jobs' params, records and results stay as they were.
+    """
+    s = config["stitching"]
+    if not s["train_steps"]:
+        return {}
+    return {
+        "adapter_training": {
+            "steps": s["train_steps"],
+            "lr": s["train_lr"],
+            "batch_size": s["train_batch_size"],
+        }
     }

@@ -9,6 +9,7 @@ rule finetune_assembly:
             "training",
             "distributed",
             "stitching",
+            "stitch_training",
             "artifacts",
             "export",
             "model_card",
@@ -32,7 +33,7 @@ rule finetune_assembly:
         mem_mb=3000,
     params:
         repro=REPRO,  # the kernels a job may use change its numbers
-        cfg=finetune_cfg(),
+        cfg=finetune_cfg() | adapter_training_cfg(),
         stem=config["reassembly"]["stem"],
         init=config["stitching"]["init"],
         seed=config["seed"],

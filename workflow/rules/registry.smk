@@ -26,7 +26,7 @@ ARTIFACT_FILES = dict(
 rule register_models:
     input:
         **ARTIFACT_FILES,
-        ingested="results/mlflow/ingested.json",
+        ingested=INGESTED,
         code=code("stages/registry", "artifacts", "model_card"),
     output:
         "results/registry/models.json",

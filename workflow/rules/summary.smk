@@ -28,7 +28,7 @@ rule track:
         fingerprint="results/fingerprint.json",
         code=code("stages/summary", "tracking"),
     output:
-        "results/mlflow/ingested.json",
+        INGESTED,
     log:
         "results/logs/track.log",
     benchmark:
@@ -49,7 +49,7 @@ rule track:
 
 rule summarise:
     input:
-        ingested="results/mlflow/ingested.json",
+        ingested=INGESTED,
         code=code("stages/summary", "evaluation", "tracking", "fingerprint"),
     output:
         md="results/summary.md",
