@@ -87,10 +87,6 @@ def proxy_table(rows: Sequence[dict[str, Any]], names: Sequence[str], protocol: 
             "assemblies": {b: len(a) for b, a in by_budget.items()}}
 
 
-def _networks_runs(asm: dict[str, dict[str, Any]]) -> list[float]:
-    return [a["test_acc"] for a in asm.values() if math.isfinite(a["test_acc"])]
-
-
 def pick_comparison(rows: Sequence[dict[str, Any]], pick: dict[str, str | None], budgets: dict[str, dict],
                     protocol: str = "FT") -> dict[str, Any]:
     """Per budget: the pick's test accuracy over seeds against the same architecture from scratch (its seeds),
@@ -109,17 +105,18 @@ def pick_comparison(rows: Sequence[dict[str, Any]], pick: dict[str, str | None],
         zoo = {r["id"]: r for r in rows if r["kind"] == "zoo" and r["params"] <= lim["params_m"] * 1e6
                and r["macs"] <= lim["macs_m"] * 1e6}
         others = [a["test_acc"] for a in asm.values() if math.isfinite(a["test_acc"])]
-
-        def vs(acc: Sequence[float], mine: list[float] = mine) -> dict[str, Any]:
-            acc = [a for a in acc if a is not None]
-            ci = C.welch_ci(mine, acc) if mine and acc else None
-            return {"acc": C.mean_sd(acc), "diff": ci, "verdict": C.verdict(ci["lo"], ci["hi"]) if ci else "n/a"}
-
         out[b] = {"pick": pid, "blocks": asm[pid]["blocks"], "acc": C.mean_sd(mine),
-                  "scratch": vs(scratch[0]["test_acc"]) if scratch else None,
-                  "zoo": {m: vs(r["test_acc"]) for m, r in sorted(zoo.items())},
-                  "random_feasible": {**vs(others), "networks": len(others)}}
+                  "scratch": _versus(mine, scratch[0]["test_acc"]) if scratch else None,
+                  "zoo": {m: _versus(mine, r["test_acc"]) for m, r in sorted(zoo.items())},
+                  "random_feasible": {**_versus(mine, others), "networks": len(others)}}
     return out
+
+
+def _versus(mine: Sequence[float], acc: Sequence[float | None]) -> dict[str, Any]:
+    """The pick's accuracies minus another arm's: Welch interval and verdict."""
+    acc = [a for a in acc if a is not None]
+    ci = C.welch_ci(mine, acc) if mine and acc else None
+    return {"acc": C.mean_sd(acc), "diff": ci, "verdict": C.verdict(ci["lo"], ci["hi"]) if ci else "n/a"}
 
 
 def paired_ci(diffs: Sequence[float], level: float = 0.95) -> dict[str, float]:

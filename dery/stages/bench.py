@@ -175,9 +175,9 @@ def summarise(manifest: dict, samples: dict[str, str], budgets: list[dict], cfg:
 
     names = proxy_names()
     rs = rows(manifest, samples)
+    docs = {b: _json(p) for b, p in samples.items()}
     seconds: dict[str, float] = {}
-    for p in samples.values():  # seconds per candidate, averaged over budgets weighted by candidates
-        doc = _json(p)
+    for doc in docs.values():  # seconds per candidate, averaged over budgets weighted by candidates
         for k, v in doc["seconds_per_candidate"].items():
             seconds.setdefault(k, []).append((v, len(doc["candidates"])))
     seconds = {k: float(np.average([v for v, _ in vs], weights=[w for _, w in vs])) for k, vs in seconds.items()}
@@ -193,7 +193,7 @@ def summarise(manifest: dict, samples: dict[str, str], budgets: list[dict], cfg:
            "scoring": scoring, "default": default, "pick": pick,
            "comparison": BN.pick_comparison(rs, pick, budget_limits),
            "stitching": BN.stitching_comparison(rs, cfg["bench"]["stitching"]["variants"]),
-           "sampled": {b: {k: _json(p)[k] for k in ("of", "sampled")} for b, p in samples.items()}}
+           "sampled": {b: {k: doc[k] for k in ("of", "sampled")} for b, doc in docs.items()}}
     frame = csv_frame(rs, names)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out_csv, index=False, float_format="%.6g")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import bench as BN
+from .. import fingerprint as FP
 from .claims_summary import _jsonable as jsonable  # noqa: F401 - the same JSON cleaning as the claims report
 
 GOAL_TAU, GOAL_SECONDS = 0.6, 2.0  # the bar for a default proxy: held-out tau >= 0.6 at <= 2 s per candidate
@@ -91,13 +92,13 @@ def markdown(doc: dict, n_rows: int) -> str:
              f"{', '.join(str(cfg['seed'] + i) for i in range(b['seeds']))}, protocols {', '.join(b['protocols'])}; "
              "the zoo models and each proxy's pick trained the same way (FT) as baselines. Sample per budget: "
              + "; ".join(f"{k}: {v['sampled']} of {v['of']} feasible" for k, v in sorted(doc["sampled"].items()))
-             + f". Run fingerprint `{_short(fp)}` (`results/fingerprint.json`). Accuracies are test top-1 in %; "
+             + f". Run fingerprint `{FP.short(fp)}` (`results/fingerprint.json`). Accuracies are test top-1 in %; "
              "differences in points with 95% intervals (Welch; paired t for the stitching comparison).", "",
              "## Proxies against fine-tuned accuracy", "",
              "τ/ρ: within each budget against the seed-mean test accuracy, averaged weighted by assemblies; percentile "
              "bootstrap intervals (assemblies resampled within budgets). `params` and `macs` are the naive baselines "
              "every proxy must beat. Seconds per candidate on the machine of the fingerprint.", ""]
-    label_aware = set(getattr(PX, "ALL_LABEL_AWARE", PX.LABEL_AWARE)) | {"low_fidelity"}
+    label_aware = set(PX.ALL_LABEL_AWARE) | {"low_fidelity"}
     for sc in doc["scoring"].values():
         lines += _scoring(sc, label_aware)
     lines += [_goal(doc), "", f"## The pick (proxy `{doc['default']}`) against the alternatives, FT", "",
@@ -130,12 +131,6 @@ def markdown(doc: dict, n_rows: int) -> str:
               "correlate it with `test_acc_mean` within each budget. Columns:", ""]
     lines += [f"- `{k}`: {v}" for k, v in COLUMNS]
     return "\n".join(lines) + "\n"
-
-
-def _short(fp: dict) -> str:
-    from .. import fingerprint as FP
-
-    return FP.short(fp)
 
 
 def headline(doc: dict) -> dict[str, float]:

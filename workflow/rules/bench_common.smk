@@ -25,22 +25,21 @@ def bench_manifest(wildcards=None):
             sd: f"results/bench/finetune/{b}/slot{s}_{p}_{v}_seed{sd}.metrics.json"
             for sd in BENCH_SEEDS
         }
+        # lstsq, the pipeline's adapters, is always benchmarked; other variants on the compared slots, FT only
+        variants = ["lstsq"] + [
+            v for v in BENCH["stitching"]["variants"] if v != "lstsq"
+        ]
         assembly[b] = {
             s: {
                 p: {
                     v: runs(s, p, v)
-                    for v in BENCH["stitching"]["variants"]
+                    for v in variants
                     if v == "lstsq" or (p == "FT" and s in compared)
                 }
                 for p in BENCH["protocols"]
             }
             for s in slots
         }
-        for p in BENCH[
-            "protocols"
-        ]:  # lstsq is the pipeline's adapters: always benchmarked
-            for s in slots:
-                assembly[b][s][p].setdefault("lstsq", runs(s, p, "lstsq"))
         ids = [c["id"] for c in doc["candidates"]]
         scores = {c["id"]: c["bench_scores"] for c in doc["candidates"]}
         picked = {i for i in BN.picks(scores, doc["proxies"]).values() if i is not None}
@@ -62,12 +61,7 @@ def bench_manifest(wildcards=None):
 
 
 def bench_inputs(wildcards):
-    def leaves(x):
-        return (
-            [f for v in x.values() for f in leaves(v)] if isinstance(x, dict) else [x]
-        )
-
     return {
-        "runs": sorted(set(leaves(bench_manifest()))),
+        "runs": sorted(set(_leaves(bench_manifest()))),  # _leaves: claims_common.smk
         "samples": [bench_sample_file(b) for b in BUDGETS],
     }
