@@ -1,9 +1,10 @@
 """Entry points of Reassembly-Bench (``snakemake bench``; analysis in ``dery.bench``).
 
 - ``sample_and_score`` (a checkpoint, one job per budget): draws the benchmarked candidates from the budget's
-  ranking and scores each with every proxy of ``dery.proxy.ALL_PROXIES`` / ``ALL_FEATURE_SCORES`` plus the
-  low-fidelity proxy, timing each; writes ``results/bench/{budget}/sample.json`` (a ranking-shaped file whose
-  candidates are in slot order, so the fine-tuning stages read it as they read a ranking).
+  ILP candidates (not from a proxy's ranking: the bench judges the proxies) and scores each with every proxy of
+  ``dery.proxy.ALL_PROXIES`` / ``ALL_FEATURE_SCORES`` plus the low-fidelity proxy, timing each; writes
+  ``results/bench/{budget}/sample.json`` (a ranking-shaped file whose candidates are in slot order, the ILP's
+  order, so the fine-tuning stages read it as they read a ranking).
 - ``finetune_slot`` / ``scratch_slot`` / ``zoo_seed``: the fine-tuning jobs, reusing ``dery.stages.finetune``
   with the bench's own epochs; records keyed ``bench/...`` (stage ``bench``) so they never replace the main
   run's rows in MLflow.
@@ -39,14 +40,14 @@ def proxy_names() -> list[str]:
     return sorted({*PX.ALL_PROXIES, *PX.ALL_FEATURE_SCORES}) + [LOW_FIDELITY]
 
 
-def sample_and_score(ranking_json: str, splits: str, ckpt_dir: str, feat_dir: str, proxy_cfg: dict, bench_cfg: dict,
+def sample_and_score(candidates_json: str, splits: str, ckpt_dir: str, feat_dir: str, proxy_cfg: dict, bench_cfg: dict,
                      stem: str, init: str, seed: int, out: str) -> None:
     from .. import proxy as PX
 
-    doc = _json(ranking_json)
+    doc = _json(candidates_json)
     budget = doc["budget"]["name"]
     ids = BN.stratified_sample(doc["candidates"], bench_cfg["max_assemblies"], seed, budget)
-    chosen = [c for c in doc["candidates"] if c["id"] in set(ids)]  # slot order = the ranking's order
+    chosen = [c for c in doc["candidates"] if c["id"] in set(ids)]  # slot order = the ILP's order
     split = _json(splits)
     probe, feats = _proxy_data(split, proxy_cfg, seed)
     lf = bench_cfg["low_fidelity"]
@@ -64,7 +65,7 @@ def sample_and_score(ranking_json: str, splits: str, ckpt_dir: str, feat_dir: st
         timings[LOW_FIDELITY] = timings.get(LOW_FIDELITY, 0.0) + time.perf_counter() - t0
         c["bench_scores"][LOW_FIDELITY] = float(acc) if math.isfinite(acc) else None
     n = max(len(chosen), 1)
-    write_json(out, {"budget": doc["budget"], "proxy": doc.get("proxy"), "of": len(doc["candidates"]),
+    write_json(out, {"budget": doc["budget"], "of": len(doc["candidates"]),
                      "sampled": "all" if len(chosen) == len(doc["candidates"]) else "one per equal-count params bin",
                      "proxies": proxy_names(), "seconds_per_candidate": {k: v / n for k, v in timings.items()},
                      "candidates": chosen})
@@ -125,7 +126,7 @@ def rows(manifest: dict, samples: dict[str, str]) -> list[dict[str, Any]]:
                 for variant, seeds in variants.items():
                     accs = [_acc(f) for _, f in sorted(seeds.items(), key=lambda t: int(t[0]))]
                     out.append({"kind": "assembly", "budget": b, "id": c["id"], "slot": int(slot),
-                                "rank": c.get("rank"), "blocks": FT._blocks_text(c), "params": c["params"],
+                                "blocks": FT._blocks_text(c), "params": c["params"],
                                 "macs": c["macs"], "protocol": protocol, "stitching": variant,
                                 "seeds": sorted(int(s) for s in seeds), "scores": c["bench_scores"],
                                 "val_acc": [a[0] for a in accs], "test_acc": [a[1] for a in accs]})
@@ -133,14 +134,14 @@ def rows(manifest: dict, samples: dict[str, str]) -> list[dict[str, Any]]:
         for slot, seeds in slots.items():
             c = docs[b]["candidates"][int(slot)]
             accs = [_acc(f) for _, f in sorted(seeds.items(), key=lambda t: int(t[0]))]
-            out.append({"kind": "scratch", "budget": b, "id": c["id"], "slot": int(slot), "rank": c.get("rank"),
+            out.append({"kind": "scratch", "budget": b, "id": c["id"], "slot": int(slot),
                         "blocks": FT._blocks_text(c), "params": c["params"], "macs": c["macs"], "protocol": "FT",
                         "stitching": "", "seeds": sorted(int(s) for s in seeds), "scores": {},
                         "val_acc": [a[0] for a in accs], "test_acc": [a[1] for a in accs]})
     for m, seeds in manifest["zoo"].items():
         recs = [_json(f) for _, f in sorted(seeds.items(), key=lambda t: int(t[0]))]
         met = recs[0]["metrics"]
-        out.append({"kind": "zoo", "budget": "", "id": m, "slot": None, "rank": None,
+        out.append({"kind": "zoo", "budget": "", "id": m, "slot": None,
                     "blocks": recs[0]["tags"]["blocks"], "params": met["params"], "macs": met["macs"],
                     "protocol": "FT", "stitching": "", "seeds": sorted(int(s) for s in seeds), "scores": {},
                     "val_acc": [r["metrics"]["val_acc"] for r in recs],
@@ -155,7 +156,7 @@ def csv_frame(rs: list[dict[str, Any]], names: list[str]):
     seeds = sorted({s for r in rs for s in r["seeds"]})
     table = []
     for r in rs:
-        row = {k: r[k] for k in ("kind", "budget", "id", "slot", "rank", "blocks", "protocol", "stitching")}
+        row = {k: r[k] for k in ("kind", "budget", "id", "slot", "blocks", "protocol", "stitching")}
         row.update({"params_M": r["params"] / 1e6, "MACs_M": r["macs"] / 1e6})
         row.update({f"proxy_{n}": r["scores"].get(n) for n in names})
         for s, v, t in zip(r["seeds"], r["val_acc"], r["test_acc"], strict=True):

@@ -15,8 +15,7 @@ COLUMNS = [
     ("kind", "`assembly`, `scratch` (the same architecture from random init, FT) or `zoo` (a zoo model fine-tuned FT)"),
     ("budget", "the budget whose feasible set the assembly comes from (empty for zoo models)"),
     ("id", "candidate id of the budget's `results/reassembly/{budget}/candidates.json` (zoo: model id)"),
-    ("slot", "position in the budget's bench sample (`results/bench/{budget}/sample.json`)"),
-    ("rank", "rank by the pipeline's proxy (`proxy.name`) in `results/proxy/{budget}/ranking.json`"),
+    ("slot", "position in the budget's bench sample (`results/bench/{budget}/sample.json`, the ILP's order)"),
     ("blocks", "model[first-last block] > ...: the blocks, in order"),
     ("protocol", "FT (all weights trained) or FZ (pretrained blocks frozen; stem, adapters, head trained)"),
     ("stitching", "adapters: lstsq (least-squares init, the pipeline's), random (PyTorch init) or trained "

@@ -1,13 +1,14 @@
 # Reassembly-Bench: `snakemake --cores all bench` fine-tunes every feasible candidate of each budget (or a
 # params-stratified sample), scores each with every proxy, and writes the dataset results/bench.csv with its
-# scoring results/bench.md. It reuses the cached pipeline up to the proxy ranking. Analysis: dery/bench.py;
+# scoring results/bench.md. It reuses the cached pipeline up to the ILP's candidates: it reads no ranking, so choosing
+# another `proxy.name` from its verdict re-runs none of its fine-tuning jobs. Analysis: dery/bench.py;
 # entry points: dery/stages/bench.py; params: the `bench` section of the schema.
 include: "bench_common.smk"
 
 
 checkpoint bench_sample:
     input:
-        ranking="results/proxy/{budget}/ranking.json",
+        candidates="results/reassembly/{budget}/candidates.json",
         splits="results/data/splits.json",
         ckpts=expand("results/zoo/{model}.safetensors", model=MODELS),
         feats=expand("results/features/{model}.npz", model=MODELS),
@@ -23,7 +24,7 @@ checkpoint bench_sample:
     threads: 1
     params:
         repro=REPRO,  # the kernels a job may use change its numbers
-        proxy=config["proxy"],
+        proxy={k: v for k, v in config["proxy"].items() if k != "name"},  # every proxy scores
         bench={k: BENCH[k] for k in ("max_assemblies", "low_fidelity")},
         stem=config["reassembly"]["stem"],
         init=config["stitching"]["init"],
