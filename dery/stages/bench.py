@@ -64,6 +64,7 @@ def sample_and_score(candidates_json: str, splits: str, ckpt_dir: str, feat_dir:
                               steps=lf["steps"], lr=lf["lr"], seed=s)
         timings[LOW_FIDELITY] = timings.get(LOW_FIDELITY, 0.0) + time.perf_counter() - t0
         c["bench_scores"][LOW_FIDELITY] = float(acc) if math.isfinite(acc) else None
+        c["proxy_score"] = float("nan")  # ranked by no proxy: the fine-tuning record's field; bench_scores has them all
     n = max(len(chosen), 1)
     write_json(out, {"budget": doc["budget"], "of": len(doc["candidates"]),
                      "sampled": "all" if len(chosen) == len(doc["candidates"]) else "one per equal-count params bin",
